@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 
-def seed_everything(seed: int = 0) -> torch.Generator:
-    """Seed Python's ``random``, NumPy and PyTorch (CPU and every GPU); return a seeded ``torch.Generator``.
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python's ``random``, NumPy and PyTorch (CPU and every GPU).
 
     Every notebook calls this once at the top, and the tests rely on it for ``torch.manual_seed``-exact runs.
     """
@@ -18,6 +18,3 @@ def seed_everything(seed: int = 0) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds CUDA on every device
     os.environ["PYTHONHASHSEED"] = str(seed)  # for subprocesses (the hash seed of this one is fixed at start)
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
