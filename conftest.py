@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parent
 SHARED_MIRROR = ROOT.parent / "shared" / "data" / "wikitext-2"
 
 if "LMTUT_WIKITEXT2_URL" not in os.environ and SHARED_MIRROR.is_dir():
