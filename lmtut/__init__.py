@@ -20,6 +20,12 @@ _EXPORTS = {
     "download_wikitext2": "lmtut.data",
     "split_statistics": "lmtut.data",
     "seed_everything": "lmtut.seed",
+    "VocabError": "lmtut.tokenizer",
+    "WordTokenizer": "lmtut.tokenizer",
+    "build_vocab": "lmtut.tokenizer",
+    "LanguageModelDataDesc": "lmtut.datasets",
+    "LanguageModelingDataLayer": "lmtut.datasets",
+    "LanguageModelingDataset": "lmtut.datasets",
 }
 
 __all__ = sorted(_EXPORTS)
