@@ -26,6 +26,12 @@ _EXPORTS = {
     "LanguageModelDataDesc": "lmtut.datasets",
     "LanguageModelingDataLayer": "lmtut.datasets",
     "LanguageModelingDataset": "lmtut.datasets",
+    "CausalSelfAttention": "lmtut.attention",
+    "attention_reference": "lmtut.attention",
+    "TransformerEncoder": "lmtut.encoder",
+    "TokenClassifier": "lmtut.model",
+    "TransformerLM": "lmtut.model",
+    "TransformerLMConfig": "lmtut.model",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,90 @@
+"""Chapter 3: causal multi-head self-attention (Vaswani et al., 2017, section 3.2).
+
+``attention_reference`` is the plain-math version the chapter derives,
+softmax(Q K^T / sqrt(d_head) + mask) V; ``CausalSelfAttention`` runs the same computation through
+``F.scaled_dot_product_attention``, which picks a fused kernel (FlashAttention, memory-efficient attention) on GPUs.
+The tests check that both give the same numbers, and that they match ``torch.nn.MultiheadAttention``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def causal_mask(length: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(length, length) boolean mask, True where query i may attend to key j, that is j <= i."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril()
+
+
+def attention_mask(input_mask: torch.Tensor | None, length: int, device: torch.device) -> torch.Tensor | None:
+    """The causal mask combined with a key padding mask, shaped (batch, 1, T, T) for broadcasting over heads.
+
+    ``input_mask`` is (batch, T) and True at real tokens. A query may always attend to itself, so that no row is
+    fully masked (that would give NaN); the outputs at padding positions are ignored anyway. Returns None when
+    there is no padding mask: the attention then uses ``is_causal=True``, the fastest path.
+    """
+    if input_mask is None:
+        return None
+    keys = input_mask[:, None, None, :].bool()  # (B, 1, 1, T)
+    diagonal = torch.eye(length, dtype=torch.bool, device=device)
+    return causal_mask(length, device) & (keys | diagonal)
+
+
+def attention_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled dot-product attention written out: returns (output, attention weights).
+
+    q, k, v: (..., T, d_head); mask: boolean, broadcastable to (..., T, T), True where attending is allowed
+    (None: causal).
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (..., T, T)
+    if mask is None:
+        mask = causal_mask(q.size(-2), q.device)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    return weights @ v, weights
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention with a causal mask: one fused Q/K/V projection, heads, output projection."""
+
+    def __init__(self, d_model: int, num_heads: int, attn_dropout: float = 0.0):
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by num_attn_heads ({num_heads})")
+        self.num_heads, self.d_head = num_heads, d_model // num_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.attn_dropout = attn_dropout
+
+    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, d_model) -> q, k, v, each (B, heads, T, d_head)."""
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.d_head).permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+    def merge_heads(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, heads, T, d_head) -> (B, T, d_model) through the output projection."""
+        B, _, T, _ = y.shape
+        return self.out(y.transpose(1, 2).reshape(B, T, -1))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, d_model); mask: from :func:`attention_mask` (None: causal only)."""
+        q, k, v = self.split_heads(x)
+        dropout = self.attn_dropout if self.training else 0.0
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        return self.merge_heads(y)
+
+    @torch.no_grad()
+    def attention_weights(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The (B, heads, T, T) attention weights, computed with the reference math (for drawing)."""
+        q, k, v = self.split_heads(x)
+        return attention_reference(q, k, v, mask)[1]

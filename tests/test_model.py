@@ -1,0 +1,146 @@
+"""Chapters 3 and 4: attention, the causal encoder, the token classifier and weight tying."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmtut import CausalSelfAttention, TokenClassifier, TransformerLM, TransformerLMConfig, attention_reference
+from lmtut.attention import attention_mask
+from lmtut.encoder import sinusoidal_positions
+
+V, D, LAYERS, HEADS, INNER, T = 50, 32, 2, 4, 64, 12
+
+
+def tiny(**kw) -> TransformerLM:
+    torch.manual_seed(0)
+    return TransformerLM(V, D, LAYERS, HEADS, INNER, T, **kw).eval()
+
+
+def test_reference_attention_matches_sdpa():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, HEADS, T, 8, dtype=torch.float64)
+    ref, weights = attention_reference(q, k, v)
+    assert torch.allclose(ref, F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=1e-12)
+    assert torch.allclose(weights.sum(-1), torch.ones(2, HEADS, T, dtype=torch.float64))
+    assert torch.all(weights.triu(1) == 0)  # nothing from the future
+    mask = attention_mask(torch.rand(2, T) > 0.3, T, q.device)
+    assert torch.allclose(attention_reference(q, k, v, mask)[0], F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+
+
+def test_attention_module_matches_nn_multihead_attention():
+    torch.manual_seed(0)
+    ours = CausalSelfAttention(D, HEADS).double()
+    theirs = nn.MultiheadAttention(D, HEADS, batch_first=True).double()
+    with torch.no_grad():
+        theirs.in_proj_weight.copy_(ours.qkv.weight)
+        theirs.in_proj_bias.copy_(ours.qkv.bias)
+        theirs.out_proj.weight.copy_(ours.out.weight)
+        theirs.out_proj.bias.copy_(ours.out.bias)
+    x = torch.randn(2, T, D, dtype=torch.float64)
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)  # nn.MultiheadAttention masks where True
+    expected, expected_weights = theirs(x, x, x, attn_mask=future)
+    assert torch.allclose(ours(x), expected, atol=1e-12)
+    # nn.MultiheadAttention averages the weights over heads
+    assert torch.allclose(ours.attention_weights(x).mean(1), expected_weights, atol=1e-12)
+
+
+def test_output_is_log_probabilities_over_the_padded_vocabulary():
+    model = tiny()
+    out = model(torch.randint(0, V, (2, T)))
+    assert out.shape == (2, T, 56)  # 50 rounded up to a multiple of 8
+    assert torch.allclose(out.exp().sum(-1), torch.ones(2, T), atol=1e-5)
+
+
+@pytest.mark.parametrize("pre_norm", [True, False])
+@pytest.mark.parametrize("positions", ["sinusoidal", "learned"])
+def test_causality(pre_norm, positions):
+    model = tiny(pre_norm=pre_norm, positions=positions)
+    x = torch.randint(0, V, (3, T))
+    t = 5
+    y = x.clone()
+    y[:, t + 1 :] = torch.randint(0, V, (3, T - t - 1))
+    out_x, out_y = model(x), model(y)
+    assert torch.allclose(out_x[:, : t + 1], out_y[:, : t + 1], atol=1e-6)
+    assert not torch.allclose(out_x[:, t + 1 :], out_y[:, t + 1 :])
+
+
+@pytest.mark.parametrize("where", ["left", "middle", "right"])
+def test_padding_positions_do_not_affect_the_others(where):
+    model = tiny()
+    x = torch.randint(4, V, (2, T))
+    mask = torch.ones(2, T, dtype=torch.bool)
+    pad = {"left": slice(0, 3), "middle": slice(4, 7), "right": slice(T - 3, T)}[where]
+    mask[:, pad] = False
+    y = x.clone()
+    y[:, pad] = torch.randint(4, V, (2, 3))  # whatever sits at the padding positions
+    out_x, out_y = model(x, mask), model(y, mask)
+    assert torch.allclose(out_x[mask], out_y[mask], atol=1e-6)
+    assert torch.isfinite(model(x, torch.zeros(2, T, dtype=torch.bool))).all()  # all padding: no NaN
+
+
+def test_tied_model_shares_one_tensor_and_has_the_expected_size():
+    tied, untied = tiny(), tiny(tie_weights=False)
+    assert tied.tied and tied.classifier.weight is tied.encoder.embedding.weight
+    assert tied.classifier.weight.data_ptr() == tied.encoder.embedding.weight.data_ptr()
+    assert not untied.tied
+    P = 56  # padded vocabulary
+    block = (D * 3 * D + 3 * D) + (D * D + D) + (D * INNER + INNER) + (INNER * D + D) + 2 * 2 * D
+    expected = P * D + LAYERS * block + 2 * D + P  # embedding, blocks, final norm, classifier bias
+    assert tied.parameter_counts() == {"total": expected, "embedding": P * D, "untied_total": expected + P * D}
+    assert untied.parameter_counts()["total"] == expected + P * D
+    # tying survives a state_dict round trip (one tensor, saved under both names)
+    fresh = tiny()
+    fresh.load_state_dict(tied.state_dict())
+    assert fresh.tied
+
+
+def test_gradients_reach_every_parameter():
+    for kw in ({}, {"tie_weights": False, "positions": "learned", "classifier_layers": 2}):
+        model = tiny(**kw).train()
+        x = torch.randint(0, V, (4, T))
+        loss = F.nll_loss(model(x).flatten(0, 1), torch.randint(0, V, (4 * T,)))
+        loss.backward()
+        for name, p in model.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_sinusoidal_positions():
+    table = sinusoidal_positions(100, 16)
+    assert torch.allclose(table[0, 0::2], torch.zeros(8)) and torch.allclose(table[0, 1::2], torch.ones(8))
+    assert torch.allclose(table[7, 2], torch.sin(torch.tensor(7 / 10000 ** (2 / 16))))
+    assert sinusoidal_positions(10, 7).shape == (10, 7)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"num_attn_heads": 5}, r"d_model \(32\) must be divisible by num_attn_heads \(5\)"),
+        ({"padded_vocab_size": 40}, r"model's vocabulary \(40\) is smaller than the tokenizer's \(50\)"),
+        ({"dropout": 1.0}, r"dropout must lie in \[0, 1\)"),
+        ({"positions": "rotary"}, "positions must be"),
+        ({"num_layers": 0}, "num_layers must be a positive integer"),
+    ],
+)
+def test_bad_configuration(kw, message):
+    args = dict(vocab_size=V, d_model=D, num_layers=LAYERS, num_attn_heads=HEADS, d_inner=INNER, max_sequence_length=T)
+    with pytest.raises(ValueError, match=message):
+        TransformerLM(**(args | kw))
+
+
+def test_sequence_longer_than_positions():
+    with pytest.raises(ValueError, match="longer than max_sequence_length=12"):
+        tiny()(torch.zeros(1, T + 1, dtype=torch.long))
+
+
+def test_from_config_and_classifier_logits():
+    model = TransformerLM.from_config(TransformerLMConfig(vocab_size=V, d_model=D, num_layers=1, num_attn_heads=2, d_inner=INNER))
+    assert model.config.padded_vocab_size == 56 and model.config.attn_dropout == 0.2
+    head = TokenClassifier(D, 10, num_layers=2, log_softmax=False)
+    h = torch.randn(2, 3, D)
+    logits = head(h)
+    head.log_softmax = True
+    assert torch.allclose(head(h), F.log_softmax(logits, -1)) and not torch.allclose(logits, head(h))
+    assert len(head.mlp) == 3  # one hidden layer: Linear, activation, LayerNorm
