@@ -32,6 +32,8 @@ _EXPORTS = {
     "TokenClassifier": "lmtut.model",
     "TransformerLM": "lmtut.model",
     "TransformerLMConfig": "lmtut.model",
+    "evaluate": "lmtut.quicktrain",
+    "quick_train": "lmtut.quicktrain",
 }
 
 __all__ = sorted(_EXPORTS)

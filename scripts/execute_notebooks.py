@@ -20,11 +20,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_MIRROR = ROOT.parent / "shared" / "data" / "wikitext-2"
 
 
+def strip_progress_widgets(nb) -> None:
+    """Drop tqdm's widget outputs: without the widget state (random ids, a JavaScript runtime) the book could only
+    show their first frame, "0%". Progress bars are for a live run; the cells print their results."""
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if "application/vnd.jupyter.widget-view+json" not in o.get("data", {})]
+
+
 def execute(path: Path, timeout: int) -> float:
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
     NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
-    nb.metadata.pop("widgets", None)  # widget state is random and large; the book shows the text fallback
+    strip_progress_widgets(nb)
     nbformat.write(nb, path)
     return time.perf_counter() - start
 

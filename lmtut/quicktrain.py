@@ -1,0 +1,95 @@
+"""Chapters 3 to 5: a short training run, for side-by-side experiments that fit a laptop CPU's budget.
+
+``quick_train`` is the smallest honest training loop: AdamW, linear warmup, gradient clipping, a seeded shuffle,
+and validation perplexity measured the right way (``evaluate``: unsmoothed, each scored token once). Chapter 6
+replaces it with the full ``Trainer`` (schedules, accumulation, callbacks, checkpoints).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from lmtut.datasets import LanguageModelingDataLayer, LanguageModelingDataset
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: LanguageModelingDataset, batch_size: int = 32) -> tuple[float, float]:
+    """(mean negative log-likelihood in nats, perplexity) over every scored label of ``dataset``, unsmoothed."""
+    was_training = model.training
+    model.eval()
+    pad = dataset.tokenizer.pad_id
+    total, count = 0.0, 0
+    for input_ids, input_mask, labels in LanguageModelingDataLayer(dataset, batch_size):
+        log_probs = model(input_ids, input_mask)
+        total += F.nll_loss(log_probs.flatten(0, 1), labels.flatten(), ignore_index=pad, reduction="sum").item()
+        count += int((labels != pad).sum())
+    model.train(was_training)
+    nll = total / max(count, 1)
+    return nll, math.exp(nll)
+
+
+def quick_train(
+    model: nn.Module,
+    train: LanguageModelingDataset,
+    valid: LanguageModelingDataset | None = None,
+    *,
+    steps: int,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    warmup_steps: int = 10,
+    weight_decay: float = 0.0,
+    clip: float = 1.0,
+    eval_every: int = 25,
+    loss_fn: LossFn | None = None,
+    seed: int = 0,
+    desc: str = "training",
+) -> dict[str, list[float]]:
+    """Train ``model`` for ``steps`` batches; return its history (step, train loss, validation perplexity).
+
+    ``loss_fn(log_probs, labels)`` defaults to the plain negative log-likelihood ignoring padding.
+    """
+    pad = train.tokenizer.pad_id
+    loss_fn = loss_fn or (lambda lp, y: F.nll_loss(lp.flatten(0, 1), y.flatten(), ignore_index=pad))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup_steps))
+    batches = itertools.chain.from_iterable(
+        LanguageModelingDataLayer(train, batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed + epoch))
+        for epoch in itertools.count()
+    )
+    history: dict[str, list[float]] = {"step": [], "train_loss": [], "eval_step": [], "valid_ppl": []}
+
+    def validate(step: int) -> None:
+        if valid is not None:
+            history["eval_step"].append(step)
+            history["valid_ppl"].append(evaluate(model, valid, batch_size)[1])
+
+    model.train()
+    validate(0)
+    start, tokens = time.perf_counter(), 0
+    bar = tqdm(range(1, steps + 1), desc=desc, leave=False)
+    for step in bar:
+        input_ids, input_mask, labels = next(batches)
+        loss = loss_fn(model(input_ids, input_mask), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        schedule.step()
+        tokens += input_ids.numel()
+        history["step"].append(step)
+        history["train_loss"].append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.2f}", tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
+        if step % eval_every == 0 or step == steps:
+            validate(step)
+    history["tokens_per_s"] = [tokens / (time.perf_counter() - start)]
+    return history
