@@ -1,0 +1,51 @@
+"""The short training loop and the perplexity evaluation used by Chapters 3 to 5."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import torch
+from torch import nn
+
+from lmtut import LanguageModelingDataset, TransformerLM, WordTokenizer, build_vocab, evaluate, quick_train
+from lmtut.tokenizer import write_vocab
+
+
+def tokenizer(tmp_path) -> WordTokenizer:
+    return WordTokenizer(write_vocab(build_vocab(Counter("a b c d".split())), tmp_path / "v.txt"))
+
+
+class Uniform(nn.Module):
+    """Gives every one of n classes the same probability."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def forward(self, input_ids, input_mask=None):
+        return torch.full((*input_ids.shape, self.n), -math.log(self.n))
+
+
+def test_evaluate_scores_each_token_once_with_the_plain_loss(tmp_path):
+    tok = tokenizer(tmp_path)
+    ds = LanguageModelingDataset(tok, torch.randint(4, 8, (37,)), max_sequence_length=8, batch_step=3)
+    nll, ppl = evaluate(Uniform(10), ds, batch_size=4)
+    assert math.isclose(nll, math.log(10)) and math.isclose(ppl, 10.0)
+
+
+def test_quick_train_learns_a_repeating_pattern_and_is_seeded(tmp_path):
+    tok = tokenizer(tmp_path)
+    stream = torch.tensor([4, 5, 6, 7] * 100)
+    train = LanguageModelingDataset(tok, stream, max_sequence_length=16)
+
+    def run():
+        torch.manual_seed(0)
+        model = TransformerLM(tok.vocab_size, d_model=32, num_layers=1, num_attn_heads=2, d_inner=64,
+                              max_sequence_length=16, dropout=0.0)
+        return quick_train(model, train, train, steps=40, batch_size=8, lr=1e-2, eval_every=20)
+
+    history = run()
+    assert history["eval_step"] == [0, 20, 40]
+    assert history["valid_ppl"][-1] < 1.5 < history["valid_ppl"][0]  # the pattern is learned
+    assert history["train_loss"] == run()["train_loss"]  # the same seed gives the same run
