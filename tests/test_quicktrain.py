@@ -16,22 +16,29 @@ def tokenizer(tmp_path) -> WordTokenizer:
     return WordTokenizer(write_vocab(build_vocab(Counter("a b c d".split())), tmp_path / "v.txt"))
 
 
-class Uniform(nn.Module):
-    """Gives every one of n classes the same probability."""
+class NextIsPlusOne(nn.Module):
+    """Gives the token after ``x`` probability 1/2 to be ``x + 1``; the other n - 1 classes share the rest."""
 
     def __init__(self, n: int):
         super().__init__()
         self.n = n
 
+    def log_prob(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
+        return torch.where(nxt == prev + 1, math.log(0.5), math.log(0.5 / (self.n - 1)))
+
     def forward(self, input_ids, input_mask=None):
-        return torch.full((*input_ids.shape, self.n), -math.log(self.n))
+        classes = torch.arange(self.n)
+        return self.log_prob(input_ids[..., None], classes)
 
 
 def test_evaluate_scores_each_token_once_with_the_plain_loss(tmp_path):
     tok = tokenizer(tmp_path)
-    ds = LanguageModelingDataset(tok, torch.randint(4, 8, (37,)), max_sequence_length=8, batch_step=3)
-    nll, ppl = evaluate(Uniform(10), ds, batch_size=4)
-    assert math.isclose(nll, math.log(10), rel_tol=1e-6) and math.isclose(ppl, 10.0, rel_tol=1e-5)  # float32 sums
+    stream = torch.randint(4, 8, (37,), generator=torch.Generator().manual_seed(0))
+    ds = LanguageModelingDataset(tok, stream, max_sequence_length=8, batch_step=3)
+    model = NextIsPlusOne(10)
+    expected = -model.log_prob(ds.ids[:-1], ds.ids[1:]).double().mean().item()  # every target once
+    nll, ppl = evaluate(model, ds, batch_size=4)
+    assert math.isclose(nll, expected, rel_tol=1e-6) and math.isclose(ppl, math.exp(expected), rel_tol=1e-6)
 
 
 def test_quick_train_learns_a_repeating_pattern_and_is_seeded(tmp_path):
