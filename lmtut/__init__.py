@@ -32,6 +32,8 @@ _EXPORTS = {
     "TokenClassifier": "lmtut.model",
     "TransformerLM": "lmtut.model",
     "TransformerLMConfig": "lmtut.model",
+    "PaddedSmoothedCrossEntropyLoss": "lmtut.loss",
+    "nll_and_perplexity": "lmtut.loss",
     "evaluate": "lmtut.quicktrain",
     "quick_train": "lmtut.quicktrain",
 }

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lmtut.datasets import LanguageModelingDataLayer, LanguageModelingDataset
+from lmtut.loss import summed_nll
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -30,9 +31,9 @@ def evaluate(model: nn.Module, dataset: LanguageModelingDataset, batch_size: int
     pad = dataset.tokenizer.pad_id
     total, count = 0.0, 0
     for input_ids, input_mask, labels in LanguageModelingDataLayer(dataset, batch_size):
-        log_probs = model(input_ids, input_mask)
-        total += F.nll_loss(log_probs.flatten(0, 1), labels.flatten(), ignore_index=pad, reduction="sum").item()
-        count += int((labels != pad).sum())
+        batch_total, batch_count = summed_nll(model(input_ids, input_mask).double(), labels, pad)
+        total += batch_total.item()
+        count += int(batch_count)
     model.train(was_training)
     nll = total / max(count, 1)
     return nll, math.exp(nll)
