@@ -23,7 +23,7 @@ from torch import nn
 def summed_nll(log_probs: torch.Tensor, target_ids: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of -log p(target) over non-pad targets, their count): the pieces of a corpus-level perplexity."""
     mask = target_ids != pad_id
-    picked = log_probs.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)
+    picked = log_probs.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1).double()  # sum in float64, copy only (B, T)
     return -torch.where(mask, picked, 0.0).sum(), mask.sum()
 
 
@@ -32,7 +32,7 @@ def nll_and_perplexity(log_probs: torch.Tensor, target_ids: torch.Tensor, pad_id
 
     Perplexity is always reported without smoothing: the smoothed loss is not the likelihood of the data.
     """
-    total, count = summed_nll(log_probs.detach().double(), target_ids, pad_id)
+    total, count = summed_nll(log_probs.detach(), target_ids, pad_id)
     if count == 0:
         raise ValueError("no target to score: every target is padding")
     nll = (total / count).item()

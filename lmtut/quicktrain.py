@@ -31,7 +31,7 @@ def evaluate(model: nn.Module, dataset: LanguageModelingDataset, batch_size: int
     pad = dataset.tokenizer.pad_id
     total, count = 0.0, 0
     for input_ids, input_mask, labels in LanguageModelingDataLayer(dataset, batch_size):
-        batch_total, batch_count = summed_nll(model(input_ids, input_mask).double(), labels, pad)
+        batch_total, batch_count = summed_nll(model(input_ids, input_mask), labels, pad)
         total += batch_total.item()
         count += int(batch_count)
     model.train(was_training)
