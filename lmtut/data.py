@@ -80,6 +80,15 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through ``NAME.part`` and a rename, so an interrupted write leaves no torn file."""
+    path = Path(path)
+    part = path.with_name(path.name + ".part")
+    part.write_text(text, encoding="utf-8")
+    os.replace(part, path)
+    return path
+
+
 def _is_verified(path: Path) -> bool:
     return path.is_file() and sha256_file(path) == SHA256[path.name]
 

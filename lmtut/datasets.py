@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lmtut.data import SPLITS
+from lmtut.data import SPLITS, atomic_write_text
 from lmtut.tokenizer import WordTokenizer, build_vocab, count_words, write_vocab
 
 DATASETS = ("wikitext-2",)
@@ -59,10 +59,7 @@ class LanguageModelDataDesc:
             return src
         dst = self.data_dir / f"{split}.lower.txt"
         if not dst.is_file() or dst.stat().st_mtime < src.stat().st_mtime:
-            text = src.read_text(encoding="utf-8").lower()  # "<unk>" stays "<unk>"
-            part = dst.with_name(dst.name + ".part")
-            part.write_text(text, encoding="utf-8")
-            os.replace(part, dst)
+            atomic_write_text(dst, src.read_text(encoding="utf-8").lower())  # "<unk>" stays "<unk>"
         return dst
 
 

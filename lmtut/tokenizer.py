@@ -16,6 +16,8 @@ from typing import Iterable
 
 import torch
 
+from lmtut.data import atomic_write_text
+
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 #: The special tokens and their fixed ids: <pad>=0, <bos>=1, <eos>=2, <unk>=3.
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
@@ -43,11 +45,7 @@ def build_vocab(counts: Counter, min_freq: int = 1) -> list[str]:
 
 def write_vocab(tokens: Iterable[str], path: str | os.PathLike) -> Path:
     """Write one token a line, atomically (a ``.part`` file renamed into place)."""
-    path = Path(path)
-    part = path.with_name(path.name + ".part")
-    part.write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
-    os.replace(part, path)
-    return path
+    return atomic_write_text(path, "".join(t + "\n" for t in tokens))
 
 
 class WordTokenizer:

@@ -15,7 +15,7 @@ from lmtut import (
     WordTokenizer,
     build_vocab,
 )
-from lmtut.tokenizer import SPECIAL_TOKENS, write_vocab
+from lmtut.tokenizer import write_vocab
 
 
 @pytest.fixture(scope="module")
