@@ -34,8 +34,20 @@ _EXPORTS = {
     "TransformerLMConfig": "lmtut.model",
     "PaddedSmoothedCrossEntropyLoss": "lmtut.loss",
     "nll_and_perplexity": "lmtut.loss",
-    "evaluate": "lmtut.quicktrain",
+    "evaluate_perplexity": "lmtut.evaluate",
     "quick_train": "lmtut.quicktrain",
+    "get_lr_policy": "lmtut.lr_policies",
+    "get_optimizer": "lmtut.optimizers",
+    "NovoGrad": "lmtut.optimizers",
+    "CheckpointError": "lmtut.checkpoint",
+    "Callback": "lmtut.callbacks",
+    "SimpleLossLoggerCallback": "lmtut.callbacks",
+    "EvaluatorCallback": "lmtut.callbacks",
+    "CheckpointCallback": "lmtut.callbacks",
+    "TrainConfig": "lmtut.trainer",
+    "Trainer": "lmtut.trainer",
+    "TrainingDiverged": "lmtut.trainer",
+    "generate_text": "lmtut.generate",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,14 +1,13 @@
 """Chapters 3 to 5: a short training run, for side-by-side experiments that fit a laptop CPU's budget.
 
 ``quick_train`` is the smallest honest training loop: AdamW, linear warmup, gradient clipping, a seeded shuffle,
-and validation perplexity measured the right way (``evaluate``: unsmoothed, each scored token once). Chapter 6
+and validation perplexity measured the right way (``evaluate_perplexity``: unsmoothed, each scored token once). Chapter 6
 replaces it with the full ``Trainer`` (schedules, accumulation, callbacks, checkpoints).
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from typing import Callable
 
@@ -18,25 +17,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lmtut.datasets import LanguageModelingDataLayer, LanguageModelingDataset
-from lmtut.loss import summed_nll
+from lmtut.evaluate import evaluate_perplexity
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, dataset: LanguageModelingDataset, batch_size: int = 32) -> tuple[float, float]:
-    """(mean negative log-likelihood in nats, perplexity) over every scored label of ``dataset``, unsmoothed."""
-    was_training = model.training
-    model.eval()
-    pad = dataset.tokenizer.pad_id
-    total, count = 0.0, 0
-    for input_ids, input_mask, labels in LanguageModelingDataLayer(dataset, batch_size):
-        batch_total, batch_count = summed_nll(model(input_ids, input_mask), labels, pad)
-        total += batch_total.item()
-        count += int(batch_count)
-    model.train(was_training)
-    nll = total / max(count, 1)
-    return nll, math.exp(nll)
 
 
 def quick_train(
@@ -72,7 +55,7 @@ def quick_train(
     def validate(step: int) -> None:
         if valid is not None:
             history["eval_step"].append(step)
-            history["valid_ppl"].append(evaluate(model, valid, batch_size)[1])
+            history["valid_ppl"].append(evaluate_perplexity(model, valid, batch_size)[1])
 
     model.train()
     validate(0)

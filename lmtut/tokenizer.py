@@ -55,30 +55,42 @@ class WordTokenizer:
     one tensor with ``<eos>`` at every line end (about a second for WikiText-2's 2M training tokens).
     """
 
-    def __init__(self, vocab_file: str | os.PathLike):
-        self.vocab_file = Path(vocab_file)
-        self.id_to_token = self._read(self.vocab_file)
+    def __init__(self, vocab_file: str | os.PathLike | None = None, *, tokens: list[str] | None = None):
+        """From a vocabulary file, or (``tokens=``) from the token list a checkpoint carries."""
+        if tokens is None:
+            if vocab_file is None:
+                raise ValueError("give a vocab_file or tokens")
+            self.vocab_file = Path(vocab_file)
+            tokens = self._read(self.vocab_file)
+        else:
+            self.vocab_file = None
+            self._check(list(tokens), "the token list")
+        self.id_to_token = list(tokens)
         self.token_to_id = {t: i for i, t in enumerate(self.id_to_token)}
         self.pad_id, self.bos_id, self.eos_id, self.unk_id = (self.token_to_id[t] for t in SPECIAL_TOKENS)
 
-    @staticmethod
-    def _read(path: Path) -> list[str]:
+    @classmethod
+    def _read(cls, path: Path) -> list[str]:
         if not path.is_file():
             raise VocabError(f"vocabulary file {path} not found; build it with lmtut.LanguageModelDataDesc")
         tokens = path.read_text(encoding="utf-8").split("\n")
         if tokens and tokens[-1] == "":
             tokens.pop()  # the final newline
+        cls._check(tokens, str(path))
+        return tokens
+
+    @staticmethod
+    def _check(tokens: list[str], source: str) -> None:
         seen: dict[str, int] = {}
         for i, token in enumerate(tokens, start=1):
             if not token.strip() or token != token.strip() or " " in token:
-                raise VocabError(f"{path}, line {i}: {token!r} is empty or holds white space; one token a line")
+                raise VocabError(f"{source}, line {i}: {token!r} is empty or holds white space; one token a line")
             if token in seen:
-                raise VocabError(f"{path}, line {i}: {token!r} duplicates line {seen[token]}")
+                raise VocabError(f"{source}, line {i}: {token!r} duplicates line {seen[token]}")
             seen[token] = i
         missing = [t for t in SPECIAL_TOKENS if t not in seen]
         if missing:
-            raise VocabError(f"{path} lacks the special tokens {', '.join(missing)}; rebuild it with build_vocab")
-        return tokens
+            raise VocabError(f"{source} lacks the special tokens {', '.join(missing)}; rebuild it with build_vocab")
 
     @property
     def vocab_size(self) -> int:
@@ -114,4 +126,4 @@ class WordTokenizer:
         return self.vocab_size
 
     def __repr__(self) -> str:
-        return f"WordTokenizer({str(self.vocab_file)!r}, vocab_size={self.vocab_size})"
+        return f"WordTokenizer({str(self.vocab_file or '<tokens>')!r}, vocab_size={self.vocab_size})"

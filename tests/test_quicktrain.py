@@ -8,7 +8,14 @@ from collections import Counter
 import torch
 from torch import nn
 
-from lmtut import LanguageModelingDataset, TransformerLM, WordTokenizer, build_vocab, evaluate, quick_train
+from lmtut import (
+    LanguageModelingDataset,
+    TransformerLM,
+    WordTokenizer,
+    build_vocab,
+    evaluate_perplexity,
+    quick_train,
+)
 from lmtut.tokenizer import write_vocab
 
 
@@ -37,7 +44,7 @@ def test_evaluate_scores_each_token_once_with_the_plain_loss(tmp_path):
     ds = LanguageModelingDataset(tok, stream, max_sequence_length=8, batch_step=3)
     model = NextIsPlusOne(10)
     expected = -model.log_prob(ds.ids[:-1], ds.ids[1:]).double().mean().item()  # every target once
-    nll, ppl = evaluate(model, ds, batch_size=4)
+    nll, ppl = evaluate_perplexity(model, ds, batch_size=4)
     assert math.isclose(nll, expected, rel_tol=1e-6) and math.isclose(ppl, math.exp(expected), rel_tol=1e-6)
 
 

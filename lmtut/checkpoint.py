@@ -1,0 +1,87 @@
+"""Chapter 6: checkpoints that survive crashes and load safely.
+
+A checkpoint is written to ``NAME.tmp``, flushed to disk, and renamed over ``NAME`` in one atomic step, so a crash
+while saving never destroys the last good checkpoint. Files are ``ckpt-step0001234.pt``; the newest K are kept.
+Loading uses ``torch.load(weights_only=True)``: only tensors and plain Python containers, never arbitrary code.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+PATTERN = re.compile(r"ckpt-step(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A missing, corrupt or mismatched checkpoint; the message says which file and what to do."""
+
+
+def checkpoint_path(work_dir: str | os.PathLike, step: int) -> Path:
+    return Path(work_dir) / "checkpoints" / f"ckpt-step{step:07d}.pt"
+
+
+def list_checkpoints(work_dir: str | os.PathLike) -> list[Path]:
+    """The checkpoints of a work dir, oldest first."""
+    folder = Path(work_dir) / "checkpoints"
+    found = [p for p in folder.glob("ckpt-step*.pt") if PATTERN.search(p.name)] if folder.is_dir() else []
+    return sorted(found, key=lambda p: int(PATTERN.search(p.name).group(1)))
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, keep: int | None = None) -> Path:
+    """Write ``state`` atomically to ``path``; then delete all but the newest ``keep`` checkpoints beside it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if keep is not None:
+        for old in list_checkpoints(path.parent.parent)[:-keep]:
+            old.unlink()
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch.load fails in many ways on a damaged file; every one means the same here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: corrupt or not an lmtut checkpoint ({first})") from None
+
+
+def rng_state() -> dict[str, Any]:
+    """Every generator's state, as tensors and plain values (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,235 @@
+"""Chapter 6: LR policies, optimizers, accumulation, checkpoints, resume, the NaN stop and the command lines."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from lmtut import (
+    Callback,
+    CheckpointCallback,
+    CheckpointError,
+    LanguageModelDataDesc,
+    LanguageModelingDataset,
+    NovoGrad,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    TransformerLM,
+    WordTokenizer,
+    get_lr_policy,
+    get_optimizer,
+)
+import lmtut.evaluate as evaluate_cli
+import lmtut.generate as generate_cli
+import lmtut.train as train_cli
+from lmtut.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A tiny corpus in the WikiText layout: 30 words, sentences with a little grammar."""
+    folder = tmp_path_factory.mktemp("tiny")
+    rng = random.Random(0)
+    nouns, verbs = [f"n{i}" for i in range(12)], [f"v{i}" for i in range(8)]
+    for split, lines in (("train", 300), ("valid", 40), ("test", 40)):
+        text = "".join(
+            " ".join(["the", rng.choice(nouns), rng.choice(verbs), "a", rng.choice(nouns), "."]) + "\n"
+            for _ in range(lines)
+        )
+        (folder / f"{split}.txt").write_text(text)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus):
+    return WordTokenizer(LanguageModelDataDesc("wikitext-2", corpus).vocab_file)
+
+
+def tiny_model(tokenizer, dropout=0.0):
+    torch.manual_seed(0)
+    return TransformerLM(tokenizer.vocab_size, d_model=16, num_layers=1, num_attn_heads=2, d_inner=32,
+                         max_sequence_length=16, dropout=dropout)
+
+
+class Recorder(Callback):
+    def __init__(self, stop_at=None):
+        self.losses, self.stop_at = {}, stop_at
+
+    def on_step_end(self, trainer, loss):
+        self.losses[trainer.step] = loss
+        if trainer.step == self.stop_at:
+            raise KeyboardInterrupt  # a Ctrl-C right after this step
+
+
+# ----------------------------------------------------------------------------------------------- LR policies
+
+
+def test_lr_policy_shapes():
+    T, W = 100, 10
+    for name in ("constant", "cosine", "linear", "inverse_sqrt"):
+        f = get_lr_policy(name, T, warmup_steps=W)
+        warm = [f(s) for s in range(W)]
+        assert warm == sorted(warm) and warm[0] < 0.2 and warm[-1] < 1.0  # linear warmup
+        assert math.isclose(f(W), 1.0)  # the peak right after warmup
+    cosine, linear = get_lr_policy("cosine", T, warmup_steps=W), get_lr_policy("linear", T, warmup_steps=W)
+    assert math.isclose(cosine(W + 45), 0.5) and math.isclose(linear(W + 45), 0.5)  # halfway down
+    assert cosine(W + 20) > linear(W + 20) and cosine(W + 70) < linear(W + 70)  # cosine: slow, fast, slow
+    assert cosine(T) == 0.0 and linear(T) == 0.0 and linear(T + 50) == 0.0  # the schedule ends with the run
+    assert get_lr_policy("constant", T, warmup_steps=W)(T - 1) == 1.0
+    assert math.isclose(get_lr_policy("inverse_sqrt", T, warmup_steps=W)(40), math.sqrt(10 / 40))
+    assert math.isclose(get_lr_policy("CosineAnnealing", T, warmup_ratio=0.1, min_lr_ratio=0.1)(T), 0.1)
+    with pytest.raises(ValueError, match="unknown lr_policy"):
+        get_lr_policy("step", T)
+
+
+def test_optimizers_by_name():
+    p = [torch.nn.Parameter(torch.ones(2, 2))]
+    kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD, "novograd": NovoGrad}
+    for name, cls in kinds.items():
+        assert isinstance(get_optimizer(name, p, 0.1), cls)
+    with pytest.raises(ValueError, match="unknown optimizer_kind"):
+        get_optimizer("lamb", p, 0.1)
+
+
+def test_novograd_by_hand():
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    opt = NovoGrad([w], lr=0.1, betas=(0.5, 0.5), eps=0.0, weight_decay=0.1)
+    grads = [torch.tensor([3.0, 4.0]), torch.tensor([0.0, 1.0])]
+    m, v, ref = torch.zeros(2), None, w.detach().clone()
+    for g in grads:
+        w.grad = g.clone()
+        opt.step()
+        v = g.pow(2).sum() if v is None else 0.5 * v + 0.5 * g.pow(2).sum()
+        m = 0.5 * m + (g / v.sqrt() + 0.1 * ref)
+        ref = ref - 0.1 * m
+    assert torch.allclose(w.detach(), ref)
+
+
+# ----------------------------------------------------------------------------------------------- the trainer
+
+
+def test_accumulation_equals_one_large_batch(tokenizer, corpus):
+    ds = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
+    runs = []
+    for batch, accumulate in ((8, 1), (4, 2), (2, 4)):
+        rec = Recorder()
+        model = tiny_model(tokenizer)
+        # SGD: Adam would divide the key bias's gradient, exactly zero in theory (softmax ignores it) and float
+        # noise in practice, by its own size, and turn 1e-10 noise into lr-sized differences.
+        cfg = TrainConfig(batch_size=batch, batches_per_step=accumulate, max_steps=5, lr=0.1, optimizer_kind="sgd")
+        Trainer(model, ds, cfg, callbacks=[rec], device="cpu").train()
+        runs.append((list(rec.losses.values()), [p.detach().clone() for p in model.parameters()]))
+    for losses, params in runs[1:]:
+        assert losses == pytest.approx(runs[0][0], rel=1e-5)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(params, runs[0][1]))
+
+
+def test_resume_gives_the_same_losses(tokenizer, corpus, tmp_path):
+    ds = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
+    # 19 windows, 4 per step: 4 steps an epoch, so 10 steps cross two epoch boundaries; dropout tests the RNG.
+    cfg = TrainConfig(batch_size=4, max_steps=10, lr=1e-2, lr_warmup_proportion=0.2)
+
+    def run(work_dir, stop_at=None, resume=False):
+        rec = Recorder(stop_at)
+        trainer = Trainer(tiny_model(tokenizer, dropout=0.3), ds, cfg, device="cpu", work_dir=work_dir,
+                          callbacks=[rec, CheckpointCallback(step_freq=4, keep=2)])
+        try:
+            trainer.train(resume=resume)
+        except KeyboardInterrupt:
+            pass
+        return rec.losses, trainer
+
+    whole, _ = run(tmp_path / "a")
+    first, _ = run(tmp_path / "b", stop_at=6)  # interrupted after step 6 (a checkpoint is written on Ctrl-C)
+    assert [int(p.stem[-7:]) for p in list_checkpoints(tmp_path / "b")] == [4, 6]
+    second, trainer = run(tmp_path / "b", resume=True)
+    assert min(second) == 7 and trainer.step == 10
+    assert {**first, **second} == pytest.approx(whole, rel=1e-6)
+    assert [int(p.stem[-7:]) for p in list_checkpoints(tmp_path / "b")] == [8, 10]  # the newest 2 kept
+
+
+def test_nan_loss_stops_the_run(tokenizer, corpus):
+    ds = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
+    model = tiny_model(tokenizer)
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = Trainer(model, ds, TrainConfig(batch_size=4, max_steps=3), device="cpu",
+                      loss_fn=lambda lp, y: lp.sum() * float("nan"))
+    with pytest.raises(TrainingDiverged, match="loss is nan at step 1: training diverged"):
+        trainer.train()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no step taken on garbage
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = checkpoint_path(tmp_path, 5)
+    save_checkpoint({"w": torch.ones(3)}, path)
+
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"w": torch.zeros(3)}, path)
+    assert torch.equal(load_checkpoint(path)["w"], torch.ones(3))  # the last good checkpoint survives
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary file left
+
+
+def test_corrupt_and_mismatched_checkpoints(tokenizer, corpus, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match="corrupt or not an lmtut checkpoint"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    ds = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
+    small = Trainer(tiny_model(tokenizer), ds, TrainConfig(batch_size=4, max_steps=1), device="cpu")
+    other = TransformerLM(tokenizer.vocab_size, d_model=32, num_layers=1, num_attn_heads=2, d_inner=32,
+                          max_sequence_length=16)
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        Trainer(other, ds, TrainConfig(batch_size=4, max_steps=1), device="cpu").load_state_dict(small.state_dict())
+
+
+# ----------------------------------------------------------------------------------------------- command lines
+
+TINY = ["--d_model", "16", "--num_layers", "1", "--num_attn_heads", "2", "--d_inner", "32",
+        "--max_sequence_length", "16", "--predict_last_k", "4", "--batch_size", "4", "--lr", "0.01",
+        "--eval_freq", "4", "--checkpoint_save_freq", "4", "--loss_log_freq", "2"]
+
+
+def test_train_evaluate_generate_cli(corpus, tmp_path, capsys):
+    work = tmp_path / "run"
+    args = TINY + ["--data_dir", str(corpus), "--work_dir", str(work), "--max_steps", "6"]
+    assert train_cli.main(args) == 0
+    assert "valid perplexity" in capsys.readouterr().out
+    assert {p.name for p in work.iterdir()} == {"config.json", "metrics.jsonl", "tensorboard", "checkpoints",
+                                                 "results.json"}
+    results = json.loads((work / "results.json").read_text())
+    for key in ("valid_ppl", "test_ppl", "steps", "tokens", "tokens_per_s", "wall_time_s", "device", "torch"):
+        assert key in results
+    assert results["steps"] == 6 and results["test_ppl"] < 30  # a 30-word corpus: far below the vocabulary size
+    records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
+    assert [r["step"] for r in records if "valid_ppl" in r] == [4, 6]
+    assert list((work / "tensorboard").iterdir())  # event files
+
+    assert train_cli.main(args) == 1  # checkpoints there and no --resume: refuse rather than overwrite
+    assert "pass --resume" in capsys.readouterr().err
+    assert train_cli.main(["--work_dir", str(work), "--resume", "--max_steps", "8"]) == 0  # config.json fills in
+    assert json.loads((work / "results.json").read_text())["steps"] == 8
+    capsys.readouterr()
+
+    ckpt = str(list_checkpoints(work)[-1])
+    assert evaluate_cli.main([ckpt, "--split", "valid", "--data_dir", str(corpus)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("valid perplexity") and math.isclose(
+        float(out.split()[2]), json.loads((work / "results.json").read_text())["valid_ppl"], rel_tol=1e-4)
+    assert generate_cli.main([ckpt, "--prompt", "the n1", "--max_tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("the n1 ")
+    (tmp_path / "junk.pt").write_text("junk")
+    assert evaluate_cli.main([str(tmp_path / "junk.pt")]) == 1
+    assert "error: cannot read checkpoint" in capsys.readouterr().err
