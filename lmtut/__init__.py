@@ -48,6 +48,9 @@ _EXPORTS = {
     "Trainer": "lmtut.trainer",
     "TrainingDiverged": "lmtut.trainer",
     "generate_text": "lmtut.generate",
+    "Precision": "lmtut.precision",
+    "resolve_precision": "lmtut.precision",
+    "init_distributed": "lmtut.distributed",
 }
 
 __all__ = sorted(_EXPORTS)

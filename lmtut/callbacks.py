@@ -1,17 +1,20 @@
 """Chapter 6: the callbacks of the seed's ``nf.train``: loss logging, evaluation, checkpoints.
 
-A callback gets the trainer at the start, after every optimizer step, and at the end, and reads what it needs from
-it (``trainer.step``, ``trainer.model``, ...). Records go through ``trainer.log``, which writes ``metrics.jsonl`` and
-TensorBoard events in the work dir.
+A callback gets the trainer at the start, after every optimizer step (with the step's loss as a 0-d tensor: reading
+it with ``float(loss)`` waits for the device, so the logger does that only when it logs), and at the end, and reads
+what it needs from it (``trainer.step``, ``trainer.model``, ...). Records go through ``trainer.log``, which writes
+``metrics.jsonl`` and TensorBoard events in the work dir. Under torchrun every rank runs the callbacks; only rank 0
+shows a bar, logs, evaluates and writes.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
+
 from tqdm.auto import tqdm
 
-from lmtut.checkpoint import checkpoint_path, save_checkpoint
 from lmtut.datasets import LanguageModelingDataset
 from lmtut.evaluate import evaluate_perplexity
 
@@ -22,7 +25,7 @@ if TYPE_CHECKING:
 class Callback:
     def on_train_start(self, trainer: "Trainer") -> None: ...
 
-    def on_step_end(self, trainer: "Trainer", loss: float) -> None: ...
+    def on_step_end(self, trainer: "Trainer", loss: torch.Tensor) -> None: ...
 
     def on_train_end(self, trainer: "Trainer") -> None: ...
 
@@ -31,13 +34,15 @@ class Callback:
 
 
 class SimpleLossLoggerCallback(Callback):
-    """A tqdm bar over the run, and every ``step_freq`` steps a record of mean loss, learning rate and tokens/s."""
+    """A tqdm bar over the run, and every ``step_freq`` steps a record of mean loss, learning rate and tokens/s
+    (with fp16, also the loss scale and how many steps the scaler skipped so far)."""
 
     def __init__(self, step_freq: int = 25, show_bar: bool = True):
         self.step_freq, self.show_bar = step_freq, show_bar
 
     def on_train_start(self, trainer):
-        self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, desc="training", disable=not self.show_bar)
+        self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, desc="training",
+                        disable=not (self.show_bar and trainer.world.is_main))
         self.losses, self.tokens, self.clock = [], trainer.tokens_seen, trainer.train_seconds
 
     def on_step_end(self, trainer, loss):
@@ -46,8 +51,11 @@ class SimpleLossLoggerCallback(Callback):
         if trainer.step % self.step_freq == 0 or trainer.step == trainer.total_steps:
             now = trainer.train_seconds
             rate = (trainer.tokens_seen - self.tokens) / max(now - self.clock, 1e-9)
-            mean = sum(self.losses) / len(self.losses)
-            trainer.log({"step": trainer.step, "loss": mean, "lr": trainer.lr, "tokens_per_s": rate})
+            mean = torch.stack(self.losses).mean().item()  # the one host-device sync of the logging interval
+            record = {"step": trainer.step, "loss": mean, "lr": trainer.lr, "tokens_per_s": rate}
+            if trainer.loss_scale is not None:
+                record.update(loss_scale=trainer.loss_scale, skipped_steps=trainer.skipped_steps)
+            trainer.log(record)
             self.bar.set_postfix(loss=f"{mean:.3f}", lr=f"{trainer.lr:.2e}", tok_s=f"{rate:,.0f}")
             self.losses, self.tokens, self.clock = [], trainer.tokens_seen, now
 
@@ -64,6 +72,8 @@ class EvaluatorCallback(Callback):
         self.last: dict[str, float] | None = None
 
     def run(self, trainer) -> None:
+        if not trainer.world.is_main:
+            return  # the other ranks go on and wait for rank 0 at the next gradient all-reduce
         nll, ppl = evaluate_perplexity(trainer.model, self.dataset, self.batch_size)
         self.last = {"step": trainer.step, f"{self.name}_nll": nll, f"{self.name}_ppl": ppl}
         trainer.log(self.last)
@@ -73,7 +83,7 @@ class EvaluatorCallback(Callback):
             self.run(trainer)
 
     def on_train_end(self, trainer):
-        if self.last is None or self.last["step"] != trainer.step:
+        if trainer.world.is_main and (self.last is None or self.last["step"] != trainer.step):
             self.run(trainer)
 
 
@@ -83,8 +93,8 @@ class CheckpointCallback(Callback):
     def __init__(self, step_freq: int = 500, keep: int = 3):
         self.freq, self.keep = step_freq, keep
 
-    def save(self, trainer) -> None:
-        save_checkpoint(trainer.state_dict(), checkpoint_path(trainer.work_dir, trainer.step), self.keep)
+    def save(self, trainer, collective: bool = True) -> None:
+        trainer.save_checkpoint(self.keep, collective)
 
     def on_step_end(self, trainer, loss):
         if trainer.step % self.freq == 0:
@@ -95,4 +105,4 @@ class CheckpointCallback(Callback):
             self.save(trainer)
 
     def on_interrupt(self, trainer):
-        self.save(trainer)  # nothing done since the last completed step is lost
+        self.save(trainer, collective=trainer.world.world_size == 1)  # nothing since the last completed step is lost

@@ -49,7 +49,7 @@ class TokenClassifier(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         logits = self.last(self.dropout(self.mlp(hidden_states)))
-        return F.log_softmax(logits, dim=-1) if self.log_softmax else logits
+        return F.log_softmax(logits.float(), dim=-1) if self.log_softmax else logits  # fp32 under autocast too
 
 
 @dataclass

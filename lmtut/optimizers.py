@@ -54,13 +54,16 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def get_optimizer(name: str, params: Iterable, lr: float, weight_decay: float = 0.0,
-                  betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
-    """``adam``, ``adamw``, ``sgd`` (momentum = beta1, Nesterov) or ``novograd``; ``params`` may be groups."""
+                  betas: tuple[float, float] = (0.9, 0.999), fused: bool | None = None) -> torch.optim.Optimizer:
+    """``adam``, ``adamw``, ``sgd`` (momentum = beta1, Nesterov) or ``novograd``; ``params`` may be groups.
+
+    ``fused=True`` asks Adam(W) for its fused kernel (one launch for all parameters; the Trainer uses it on CUDA).
+    """
     name = name.lower()
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=betas[0], nesterov=betas[0] > 0, weight_decay=weight_decay)
     if name == "novograd":

@@ -3,6 +3,8 @@
     python -m lmtut.train --preset cpu-demo --work_dir runs/cpu-demo
     python -m lmtut.train --preset gpu-base --work_dir runs/gpu-base
     python -m lmtut.train --work_dir runs/cpu-demo --resume          # continue an interrupted run
+    python -m lmtut.train --preset gpu-base --precision auto          # mixed precision (chapter 7)
+    torchrun --nproc_per_node=4 -m lmtut.train --preset gpu-base     # data parallel on 4 GPUs (chapter 8)
 
 The work dir receives ``config.json``, ``metrics.jsonl``, TensorBoard events (``tensorboard/``), checkpoints
 (``checkpoints/``) and ``results.json`` (valid and test perplexity, steps, tokens, tokens/s, wall time, device).
@@ -26,9 +28,11 @@ from lmtut.callbacks import CheckpointCallback, EvaluatorCallback, SimpleLossLog
 from lmtut.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from lmtut.data import DataError, download_wikitext2
 from lmtut.datasets import LanguageModelDataDesc, LanguageModelingDataset
+from lmtut.distributed import DistInfo, barrier, cleanup, init_distributed
 from lmtut.evaluate import evaluate_perplexity
 from lmtut.loss import PaddedSmoothedCrossEntropyLoss
 from lmtut.model import TransformerLM
+from lmtut.precision import O_LEVELS, resolve_precision
 from lmtut.seed import seed_everything
 from lmtut.tokenizer import WordTokenizer
 from lmtut.trainer import TrainConfig, Trainer, TrainingDiverged, default_device
@@ -59,8 +63,16 @@ DEFAULTS: dict[str, Any] = dict(
     label_smoothing=0.0, batch_size=32, iter_per_step=1, num_epochs=1, max_steps=None, optimizer_kind="adamw",
     lr=1e-3, weight_decay=0.0, beta1=0.9, beta2=0.999, lr_policy="cosine", lr_warmup_proportion=0.05,
     clip_grad_norm=1.0, eval_freq=500, eval_batch_size=32, checkpoint_save_freq=500, keep_checkpoints=3,
-    loss_log_freq=25, num_workers=0,
+    loss_log_freq=25, num_workers=0, precision="fp32", amp_opt_level=None, compile=False,
 )
+
+HELP = {
+    "precision": "fp32, amp-fp16, amp-bf16 or auto (bf16 where supported, else fp16 on GPU; fp32 on a CPU without "
+                 "native bf16); default fp32",
+    "amp_opt_level": "the seed's Apex level, mapped onto --precision: "
+                     + ", ".join(f"{k} = {v}" for k, v in O_LEVELS.items()),
+    "compile": "torch.compile the model (true/false, default false)",
+}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -76,7 +88,7 @@ def parser() -> argparse.ArgumentParser:
             kind = type(default) if default is not None else (float if "dropout" in name else str)
             if name in ("max_steps",):
                 kind = int
-            p.add_argument(f"--{name}", type=kind, default=None, help=f"default {default}")
+            p.add_argument(f"--{name}", type=kind, default=None, help=HELP.get(name, f"default {default}"))
     return p
 
 
@@ -93,6 +105,8 @@ def resolve_args(argv: list[str] | None) -> dict[str, Any]:
         config["preset"] = ns.preset
     config.update(given)
     config["resume"] = ns.resume
+    if config.get("amp_opt_level"):  # the seed's spelling wins when given
+        config["precision"] = resolve_precision(config["amp_opt_level"], "cpu")
     return config
 
 
@@ -105,10 +119,12 @@ def model_from_config(config: dict[str, Any], vocab_size: int) -> TransformerLM:
     )
 
 
-def train_config(config: dict[str, Any]) -> TrainConfig:
+def train_config(config: dict[str, Any], device: torch.device | None = None) -> TrainConfig:
+    """The Trainer's knobs from the run's config. On a GPU the loss is read back only when it is logged."""
     names = {f.name for f in fields(TrainConfig)}
     values = {k: v for k, v in config.items() if k in names}
-    return TrainConfig(**values, batches_per_step=config["iter_per_step"])
+    sync_every = config["loss_log_freq"] if device is not None and device.type == "cuda" else 1
+    return TrainConfig(**values, batches_per_step=config["iter_per_step"], sync_every=sync_every)
 
 
 def split_dataset(tokenizer: WordTokenizer, config: dict[str, Any], split: str, batch_step: int | None,
@@ -144,44 +160,65 @@ def git_commit() -> str | None:
         return None
 
 
-def run(config: dict[str, Any], show_bar: bool = True) -> dict[str, Any]:
-    """Train as ``config`` says, write the work dir, return the results."""
+def prepare_data(config: dict[str, Any], rank: DistInfo) -> tuple[str, WordTokenizer]:
+    """Download and prepare the corpus (rank 0 first, so that ranks never write the same files at once)."""
+    def prepare() -> tuple[str, WordTokenizer]:
+        data_dir = config["data_dir"] or str(download_wikitext2(quiet=not rank.is_main))
+        desc = LanguageModelDataDesc(config["dataset_name"], data_dir, config["do_lower_case"])
+        return data_dir, WordTokenizer(desc.vocab_file)
+
+    if rank.is_main:
+        prepared = prepare()
+    barrier()
+    return prepared if rank.is_main else prepare()
+
+
+def describe_device(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+
+
+def run(config: dict[str, Any], show_bar: bool = True) -> dict[str, Any] | None:
+    """Train as ``config`` says, write the work dir, return the results (None on ranks other than 0)."""
     work_dir = Path(config["work_dir"])
     if list_checkpoints(work_dir) and not config["resume"]:
         raise CheckpointError(f"{work_dir} already holds checkpoints; pass --resume to continue, "
                               "or choose another --work_dir")
+    rank, device = init_distributed()
     seed_everything(config["seed"])
-    data_dir = config["data_dir"] or str(download_wikitext2())
-    desc = LanguageModelDataDesc(config["dataset_name"], data_dir, config["do_lower_case"])
-    tokenizer = WordTokenizer(desc.vocab_file)
+    data_dir, tokenizer = prepare_data(config, rank)
     datasets = {split: split_dataset(tokenizer, config, split, None if split == "train" else config["predict_last_k"],
                                      data_dir) for split in ("train", "valid", "test")}
     model = model_from_config(config, tokenizer.vocab_size)
-    work_dir.mkdir(parents=True, exist_ok=True)
     saved = {k: v for k, v in config.items() if k != "resume"}
-    (work_dir / "config.json").write_text(json.dumps(saved, indent=2) + "\n")
+    if rank.is_main:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        (work_dir / "config.json").write_text(json.dumps(saved, indent=2) + "\n")
     evaluator = EvaluatorCallback(datasets["valid"], config["eval_freq"], config["eval_batch_size"])
     trainer = Trainer(
-        model, datasets["train"], train_config(config),
+        model, datasets["train"], train_config(config, device),
         loss_fn=PaddedSmoothedCrossEntropyLoss(tokenizer.pad_id, config["label_smoothing"]),
         callbacks=[SimpleLossLoggerCallback(config["loss_log_freq"], show_bar), evaluator,
                    CheckpointCallback(config["checkpoint_save_freq"], config["keep_checkpoints"])],
-        work_dir=work_dir,
+        work_dir=work_dir, device=device,
         extra_state={"run_config": saved, "model_config": asdict(model.config), "vocab": tokenizer.id_to_token},
     )
+    if rank.is_main:
+        print(f"device {device} ({describe_device(device)}), {rank.world_size} process(es), precision "
+              f"{trainer.precision.name}" + (", TF32 matmuls on" if trainer.tf32 else ""), file=sys.stderr)
     start = time.perf_counter()
-    if config["resume"] and trainer.resume():
+    if config["resume"] and trainer.resume() and rank.is_main:
         print(f"resumed from step {trainer.step} of {trainer.total_steps}", file=sys.stderr)
     trainer.train()
+    if not rank.is_main:
+        return None
     test_nll, test_ppl = evaluate_perplexity(trainer.model, datasets["test"], config["eval_batch_size"])
-    device = trainer.device
     results = {
         "valid_ppl": evaluator.last["valid_ppl"], "valid_nll": evaluator.last["valid_nll"],
         "test_ppl": test_ppl, "test_nll": test_nll, "steps": trainer.step, "tokens": trainer.tokens_seen,
         "tokens_per_s": trainer.tokens_seen / max(trainer.train_seconds, 1e-9),
         "wall_time_s": time.perf_counter() - start,  # of this invocation, evaluation included
-        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-        else platform.processor() or platform.machine(),
+        "device": str(device), "device_name": describe_device(device), "world_size": rank.world_size,
+        "precision": trainer.precision.name, "tf32": trainer.tf32, "skipped_steps": trainer.skipped_steps,
         "torch": torch.__version__, "git_commit": git_commit(), "parameters": model.parameter_counts()["total"],
         "predict_last_k": config["predict_last_k"], "preset": config.get("preset"),
     }
@@ -200,9 +237,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted: continue with the same command and --resume (work dir {config['work_dir']})",
               file=sys.stderr)
         return 130
-    print(f"valid perplexity {results['valid_ppl']:.2f}, test perplexity {results['test_ppl']:.2f} "
-          f"({results['steps']} steps, {results['tokens_per_s']:,.0f} tokens/s, {results['wall_time_s']:.0f} s); "
-          f"results in {Path(config['work_dir']) / 'results.json'}")
+    finally:
+        cleanup()
+    if results is not None:
+        print(f"valid perplexity {results['valid_ppl']:.2f}, test perplexity {results['test_ppl']:.2f} "
+              f"({results['steps']} steps, {results['tokens_per_s']:,.0f} tokens/s, {results['wall_time_s']:.0f} s); "
+              f"results in {Path(config['work_dir']) / 'results.json'}")
     return 0
 
 

@@ -5,26 +5,38 @@
 it equals one large batch), clips gradients, follows an LR policy whose length is the run's length, stops on a NaN
 or infinite loss, and can resume from its last checkpoint exactly where it stopped: model, optimizer, scheduler,
 random generators and the position in the shuffled data are all saved.
+
+Chapter 7 adds ``precision`` (fp32, amp-fp16 with a ``GradScaler``, amp-bf16; see ``lmtut.precision``). Chapter 8
+adds data parallelism: launched by ``torchrun``, each rank takes its share of every micro-batch, the model is
+wrapped in ``DistributedDataParallel``, gradients are all-reduced once per optimizer step (``no_sync`` during
+accumulation), and only rank 0 logs, evaluates and writes checkpoints. The global batch, and so the losses and the
+LR schedule, are the same for any number of ranks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from lmtut.callbacks import Callback
-from lmtut.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, rng_state, set_rng_state
+from lmtut.checkpoint import (CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint, rng_state,
+                              save_checkpoint, set_rng_state)
 from lmtut.datasets import LanguageModelingDataLayer, LanguageModelingDataset
+from lmtut.distributed import barrier, world
 from lmtut.loss import PaddedSmoothedCrossEntropyLoss
 from lmtut.lr_policies import build_scheduler, get_lr_policy
 from lmtut.optimizers import get_optimizer, parameter_groups
+from lmtut.precision import Precision, enable_tf32
 
 
 class TrainingDiverged(RuntimeError):
@@ -50,6 +62,10 @@ class TrainConfig:
     clip_grad_norm: float | None = 1.0
     seed: int = 0
     num_workers: int = 0
+    precision: str = "fp32"  # fp32 | amp-fp16 | amp-bf16 | auto | O0 | O1 | O2 (chapter 7)
+    sync_every: int = 1  # read the loss back to the host (and check it is finite) every N steps
+    max_skipped_steps: int = 20  # fp16: stop after this many consecutive steps skipped for overflow
+    compile: bool = False  # torch.compile the model (chapter 9)
 
 
 def default_device() -> torch.device:
@@ -70,24 +86,43 @@ class Trainer:
     ):
         self.config, self.dataset, self.callbacks = config, train_dataset, list(callbacks)
         self.device = torch.device(device) if device is not None else default_device()
-        self.model = model.to(self.device)
+        self.world = world()
+        self.model = model.to(self.device)  # the plain module: evaluation, checkpoints, generation
         self.loss_fn = loss_fn or PaddedSmoothedCrossEntropyLoss(train_dataset.tokenizer.pad_id)
         self.work_dir = Path(work_dir) if work_dir is not None else None
         self.extra_state = extra_state or {}  # saved in checkpoints as is (the run's config, the vocabulary)
+        if config.batch_size % self.world.world_size:
+            raise ValueError(f"batch_size {config.batch_size} (the global batch) must divide among "
+                             f"{self.world.world_size} ranks")
+        self.rank_batch_size = config.batch_size // self.world.world_size
         self.window_per_step = config.batch_size * config.batches_per_step
         self.steps_per_epoch = len(train_dataset) // self.window_per_step
         if self.steps_per_epoch < 1:
             raise ValueError(f"{len(train_dataset)} training windows are fewer than one step's {self.window_per_step}")
         self.total_steps = config.max_steps or config.num_epochs * self.steps_per_epoch
+        self.precision = Precision.of(config.precision, self.device)
+        self.tf32 = self.precision.name == "fp32" and enable_tf32(self.device)
+        self.scaler = self.precision.grad_scaler()
+        self.skipped_steps = self._skipped_in_a_row = 0
+        self.train_model = self._wrap(self.model)  # what the training step calls
         groups = parameter_groups(self.model, config.weight_decay)
         self.optimizer = get_optimizer(config.optimizer_kind, groups, config.lr, config.weight_decay,
-                                       (config.beta1, config.beta2))
+                                       (config.beta1, config.beta2), fused=self.device.type == "cuda")
         policy = get_lr_policy(config.lr_policy, self.total_steps, warmup_ratio=config.lr_warmup_proportion,
                                min_lr_ratio=config.min_lr_ratio)
         self.scheduler = build_scheduler(self.optimizer, policy)
         self.step = self.epoch = self.step_in_epoch = self.tokens_seen = 0
         self.train_seconds = 0.0  # time in train_step only (evaluation and checkpoints excluded)
+        self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # set on device, read when synced
         self._writer = None
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """DistributedDataParallel under torchrun (gradients all-reduced in buckets during backward), then
+        optionally ``torch.compile``."""
+        if self.world.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids)
+        return torch.compile(model) if self.config.compile else model
 
     # ------------------------------------------------------------------------------------------- state
 
@@ -95,17 +130,32 @@ class Trainer:
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
+    @property
+    def loss_scale(self) -> float | None:
+        """fp16's current loss scale (None when no scaler is used)."""
+        return self.scaler.get_scale() if self.scaler.is_enabled() else None
+
+    def state_dict(self, gather_rng: bool = True) -> dict[str, Any]:
+        """Everything a resume needs. Under torchrun every rank must call it (the RNG states are gathered) unless
+        ``gather_rng=False``."""
+        state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
             "progress": {"step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                         "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds},
+                         "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
+                         "skipped_steps": self.skipped_steps},
             "train_config": asdict(self.config),
+            "precision": self.precision.name,
             **self.extra_state,
         }
+        if self.world.world_size > 1 and gather_rng:
+            ranks = [None] * self.world.world_size
+            dist.all_gather_object(ranks, state["rng"])  # each rank's dropout generator
+            state["rng_ranks"] = ranks
+        return state
 
     def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
         for key in ("model", "optimizer", "scheduler", "rng", "progress"):
@@ -121,9 +171,26 @@ class Trainer:
             raise CheckpointError(f"{source} does not fit this model: {str(e).splitlines()[0]}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        ranks = state.get("rng_ranks")
+        set_rng_state(ranks[self.world.rank] if ranks and len(ranks) == self.world.world_size else state["rng"])
         for key, value in state["progress"].items():
             setattr(self, key, value)
+
+    def save_checkpoint(self, keep: int | None = None, collective: bool = True) -> Path | None:
+        """Write the state atomically (rank 0 only); every rank waits until it is on disk.
+
+        ``collective=False`` (on Ctrl-C, when other ranks may be gone) saves rank 0's state without talking to them.
+        """
+        self.check_finite()
+        state = self.state_dict(gather_rng=collective)
+        path = checkpoint_path(self.work_dir, self.step)
+        if self.world.is_main:
+            save_checkpoint(state, path, keep)
+        if collective:
+            barrier()
+        return path
 
     def resume(self) -> bool:
         """Load the newest checkpoint of the work dir; False when there is none."""
@@ -131,14 +198,15 @@ class Trainer:
         if not found:
             return False
         self.load_state_dict(load_checkpoint(found[-1], self.device), str(found[-1]))
-        self._truncate_metrics()
+        if self.world.is_main:
+            self._truncate_metrics()
         return True
 
     # ------------------------------------------------------------------------------------------- logging
 
     def log(self, record: dict[str, float]) -> None:
-        """Append a record to ``metrics.jsonl`` and TensorBoard (nothing without a work dir)."""
-        if self.work_dir is None:
+        """Append a record to ``metrics.jsonl`` and TensorBoard (rank 0 only; nothing without a work dir)."""
+        if self.work_dir is None or not self.world.is_main:
             return
         self.work_dir.mkdir(parents=True, exist_ok=True)
         with open(self.work_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
@@ -160,44 +228,106 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- training
 
-    def _epoch_batches(self):
-        """The micro-batches of the current epoch from the current step on, in a per-epoch seeded order."""
+    def _epoch_steps(self):
+        """This epoch's steps from the current one on: (this rank's micro-batches, the step's global label count).
+
+        The order is a per-epoch seeded permutation, the same on every rank; each global micro-batch of
+        ``batch_size`` windows is cut into ``world_size`` consecutive shares and rank r takes share r.
+        """
         generator = torch.Generator().manual_seed(self.config.seed + self.epoch)
         order = torch.randperm(len(self.dataset), generator=generator)
         start, stop = self.step_in_epoch * self.window_per_step, self.steps_per_epoch * self.window_per_step
+        shares = order[start:stop].view(-1, self.world.world_size, self.rank_batch_size)  # (micro-batch, rank, window)
+        mine = shares[:, self.world.rank].reshape(-1).tolist()
         # The loader gets its own generator: creating an iterator draws a seed, which must not come from the global
         # generator that dropout uses, or a resumed run would draw different dropout masks.
-        return iter(LanguageModelingDataLayer(self.dataset, self.config.batch_size, sampler=order[start:stop].tolist(),
-                                              num_workers=self.config.num_workers, generator=generator,
-                                              pin_memory=self.device.type == "cuda"))
+        batches = iter(LanguageModelingDataLayer(self.dataset, self.rank_batch_size, sampler=mine,
+                                                 num_workers=self.config.num_workers, generator=generator,
+                                                 pin_memory=self.device.type == "cuda"))
+        per_step = shares.view(-1, self.config.batches_per_step * self.config.batch_size)
+        for step_windows in per_step:
+            yield [next(batches) for _ in range(self.config.batches_per_step)], self._label_count(step_windows)
 
-    def train_step(self, micro_batches: list[tuple[torch.Tensor, ...]]) -> float:
-        """One optimizer step over ``batches_per_step`` micro-batches; returns the step's loss."""
-        start = time.perf_counter()
+    def _label_count(self, windows: torch.Tensor) -> int:
+        """How many labels the step scores over all ranks (every rank can count them: it knows the whole order)."""
         pad = self.dataset.tokenizer.pad_id
+        return sum(int((self.dataset[i][2] != pad).sum()) for i in windows.tolist())
+
+    def train_step(self, micro_batches: list[tuple[torch.Tensor, ...]], total: int | None = None) -> torch.Tensor:
+        """One optimizer step over this rank's micro-batches; returns the step's mean loss as a 0-d tensor.
+
+        Each micro-batch's mean loss is weighted by its share of the step's ``total`` labels (all ranks), times the
+        world size, because DDP averages gradients over ranks: the gradient is then exactly that of the whole
+        global batch. No host-device sync happens here in fp32 and bf16 (fp16's scaler makes one).
+        """
+        start = time.perf_counter()
+        pad, n = self.dataset.tokenizer.pad_id, self.world.world_size
         counts = [int((labels != pad).sum()) for _, _, labels in micro_batches]
-        total = max(sum(counts), 1)
-        step_loss = 0.0
-        for (input_ids, _, labels), count in zip(micro_batches, counts):
+        total = max(total if total is not None else sum(counts), 1)
+        step_loss = torch.zeros((), device=self.device)
+        for i, ((input_ids, _, labels), count) in enumerate(zip(micro_batches, counts)):
             input_ids = input_ids.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
-            # Training windows are padded on the right only, which the causal mask already hides: no key mask.
-            loss = self.loss_fn(self.model(input_ids), labels) * (count / total)
-            loss.backward()
-            step_loss += loss.item()
-            self.tokens_seen += input_ids.numel()
-        if not math.isfinite(step_loss):
-            raise TrainingDiverged(
-                f"loss is {step_loss} at step {self.step + 1}: training diverged. Lower --lr, lengthen the warmup "
-                "or set --clip_grad_norm; resume from the last checkpoint with --resume"
-            )
-        if self.config.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+            last = i == len(micro_batches) - 1
+            # all-reduce gradients only after the last micro-batch of the step
+            sync = contextlib.nullcontext() if last or n == 1 else self.train_model.no_sync()
+            with sync:
+                with self.precision.autocast():
+                    # Training windows are padded on the right only, which the causal mask hides: no key mask.
+                    loss = self.loss_fn(self.train_model(input_ids), labels) * (count * n / total)
+                self.scaler.scale(loss).backward()
+            step_loss += loss.detach()
+            self.tokens_seen += input_ids.numel() * n
+        if n > 1:
+            dist.all_reduce(step_loss)
+            step_loss /= n
+        self._nonfinite |= ~torch.isfinite(step_loss)
+        if self.config.sync_every == 1:
+            self.check_finite(self.step + 1)  # before the update: the model in memory stays the last good one
+        self._optimizer_step()
         self.train_seconds += time.perf_counter() - start
         return step_loss
+
+    def _optimizer_step(self) -> None:
+        """Clip, step (fp16: unscale first; the scaler skips a step whose gradients overflowed), schedule."""
+        if self.config.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm)
+        if self.scaler.is_enabled():
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            skipped = self.scaler.get_scale() < scale  # the scale drops only after an overflow
+            self.skipped_steps += skipped
+            self._skipped_in_a_row = self._skipped_in_a_row + 1 if skipped else 0
+            if self._skipped_in_a_row >= self.config.max_skipped_steps:
+                raise TrainingDiverged(
+                    f"fp16 loss scaling skipped {self._skipped_in_a_row} steps in a row (scale now "
+                    f"{self.scaler.get_scale():g}) at step {self.step + 1}: the gradients are not finite at any "
+                    "scale. Try --precision amp-bf16 or fp32, a lower --lr, or resume from the last checkpoint"
+                )
+            if skipped:  # the schedule counts every step, skipped or not, so that it still ends with the run
+                with warnings.catch_warnings():  # PyTorch warns that the optimizer did not step: we know
+                    warnings.simplefilter("ignore", UserWarning)
+                    self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                return
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def check_finite(self, step: int | None = None) -> None:
+        """Read the device-side flag set by the steps since the last check (one sync) and stop if a loss was NaN
+        or infinite. With fp16 loss scaling the scaler skips such steps instead, and only a long run of skipped
+        steps stops training."""
+        if self.scaler.is_enabled():
+            return
+        if bool(self._nonfinite):
+            raise TrainingDiverged(
+                f"the loss became NaN or infinite by step {step or self.step}: training diverged. Lower --lr, lengthen the "
+                "warmup or set --clip_grad_norm; resume from the last checkpoint with --resume"
+            )
 
     def train(self, resume: bool = False) -> "Trainer":
         if resume:
@@ -207,15 +337,17 @@ class Trainer:
             cb.on_train_start(self)
         try:
             while self.step < self.total_steps:
-                batches = self._epoch_batches()
+                steps = self._epoch_steps()
                 for _ in range(self.step_in_epoch, self.steps_per_epoch):
                     if self.step >= self.total_steps:
                         break
-                    loss = self.train_step([next(batches) for _ in range(self.config.batches_per_step)])
+                    loss = self.train_step(*next(steps))
                     self.step += 1
                     self.step_in_epoch += 1
                     if self.step_in_epoch == self.steps_per_epoch:
                         self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                    if self.step % self.config.sync_every == 0 or self.step == self.total_steps:
+                        self.check_finite()
                     for cb in self.callbacks:
                         cb.on_step_end(self, loss)
             for cb in self.callbacks:

@@ -1,0 +1,73 @@
+"""Chapter 8: torchrun with 2 Gloo processes on CPU gives the single-process losses; only rank 0 writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmtut.checkpoint import list_checkpoints
+from lmtut.distributed import DistInfo, init_distributed, world
+
+from test_training import TINY, corpus  # noqa: F401  (fixture)
+
+ARGS = TINY + ["--dropout", "0", "--loss_log_freq", "1", "--max_steps", "6"]  # 4 windows a step: 2 per rank
+
+
+def launch(corpus: Path, work_dir: Path, nproc: int, *extra: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["CUDA_VISIBLE_DEVICES"] = ""  # CPU and Gloo, whatever the machine
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "lmtut.train"]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "lmtut.train"]
+    cmd += ARGS + ["--data_dir", str(corpus), "--work_dir", str(work_dir), *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def losses(work_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "loss" in r]
+    assert len(steps) == len(set(steps)), "a step was logged twice: more than one rank wrote"
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def test_world_of_one_without_torchrun():
+    assert world() == DistInfo() and world().is_main
+    assert init_distributed("cpu") == (DistInfo(), torch.device("cpu"))
+
+
+def test_two_ranks_match_one_and_only_rank0_writes(corpus, tmp_path):
+    launch(corpus, tmp_path / "one", 1)
+    two = launch(corpus, tmp_path / "two", 2)
+    assert "2 process(es)" in two.stderr and two.stdout.count("valid perplexity") == 1
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+    a, b = (json.loads((tmp_path / run / "results.json").read_text()) for run in ("one", "two"))
+    assert b["world_size"] == 2 and b["tokens"] == a["tokens"]
+    assert b["valid_ppl"] == pytest.approx(a["valid_ppl"], rel=1e-4)
+    files = sorted(str(p.relative_to(tmp_path / "two")) for p in (tmp_path / "two").rglob("*") if p.is_file())
+    assert [f for f in files if not f.startswith("tensorboard/")] == [
+        "checkpoints/ckpt-step0000004.pt", "checkpoints/ckpt-step0000006.pt", "config.json", "metrics.jsonl",
+        "results.json"]
+    assert len(list((tmp_path / "two" / "tensorboard").iterdir())) == 1  # one event file: rank 0's
+
+    # Resume under torchrun: drop the last checkpoint, go on from step 4, get the same steps 5 and 6.
+    list_checkpoints(tmp_path / "two")[-1].unlink()
+    launch(corpus, tmp_path / "two", 2, "--resume")
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+
+
+def test_global_batch_must_divide(corpus, tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "-m", "lmtut.train",
+           *ARGS, "--data_dir", str(corpus), "--work_dir", str(tmp_path / "w")]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode != 0 and "must divide among 3 ranks" in done.stderr

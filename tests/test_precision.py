@@ -1,0 +1,102 @@
+"""Chapter 7: precision modes, the Apex O-level mapping, fp16 loss scaling and its state in checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lmtut import Callback, LanguageModelDataDesc, LanguageModelingDataset, TrainConfig, Trainer, TrainingDiverged
+from lmtut import TransformerLM, WordTokenizer
+from lmtut.checkpoint import list_checkpoints, load_checkpoint
+from lmtut.precision import Precision, cpu_supports_bf16, resolve_precision
+
+from test_training import Recorder, corpus, tiny_model, tokenizer  # noqa: F401  (fixtures)
+
+FP16_ON_CPU = torch.amp.autocast_mode.is_autocast_available("cpu")
+
+
+def test_o_levels_and_names():
+    assert resolve_precision("O0", "cpu") == "fp32"
+    assert resolve_precision("O1", "cpu") == "amp-fp16"
+    assert resolve_precision("o2", "cpu") == "amp-fp16"  # autocast keeps fp32 master weights
+    assert resolve_precision("bf16", "cpu") == "amp-bf16"
+    assert resolve_precision("auto", "cpu") == ("amp-bf16" if cpu_supports_bf16() else "fp32")
+    for bad in ("O3", "fp8", ""):
+        with pytest.raises(ValueError, match="unknown precision"):
+            resolve_precision(bad, "cpu")
+
+
+def test_autocast_contexts():
+    x, w = torch.randn(4, 8), torch.randn(8, 8)
+    for name, dtype in (("fp32", torch.float32), ("amp-bf16", torch.bfloat16)):
+        with Precision.of(name, "cpu").autocast():
+            assert (x @ w).dtype == dtype
+    assert not Precision.of("amp-bf16", "cpu").grad_scaler().is_enabled()
+    assert Precision.of("O0", "cpu").grad_scaler().is_enabled() is False
+
+
+def test_log_probs_are_fp32_under_autocast(tokenizer):
+    model = tiny_model(tokenizer)
+    with Precision.of("amp-bf16", "cpu").autocast():
+        assert model(torch.zeros(2, 8, dtype=torch.long)).dtype == torch.float32  # the loss is never bf16
+
+
+MODES = ["fp32", "amp-bf16", pytest.param("amp-fp16", marks=pytest.mark.skipif(
+    not FP16_ON_CPU, reason="this PyTorch has no float16 autocast on CPU"))]
+
+
+@pytest.mark.parametrize("precision", MODES)
+def test_each_mode_trains(precision, tokenizer, corpus):
+    ds = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
+    rec = Recorder()
+    cfg = TrainConfig(batch_size=8, max_steps=30, lr=1e-2, precision=precision)
+    trainer = Trainer(tiny_model(tokenizer), ds, cfg, callbacks=[rec], device="cpu").train()
+    losses = list(rec.losses.values())
+    assert all(map(torch.isfinite, map(torch.tensor, losses)))
+    assert sum(losses[-5:]) / 5 < 0.75 * sum(losses[:5]) / 5, losses
+    assert trainer.precision.name == precision and trainer.skipped_steps == 0
+    assert trainer.model.encoder.embedding.weight.dtype == torch.float32  # fp32 master weights in every mode
+
+
+def fp16_trainer(tokenizer, corpus, work_dir=None, callbacks=(), max_steps=8):
+    ds = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
+    cfg = TrainConfig(batch_size=4, max_steps=max_steps, lr=1e-2, precision="amp-fp16")
+    trainer = Trainer(tiny_model(tokenizer, dropout=0.2), ds, cfg, device="cpu", work_dir=work_dir,
+                      callbacks=callbacks)
+    # A huge first scale that overflows fp16's gradients, and fast growth: the scale moves both ways in a short run.
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40, growth_interval=2)
+    return trainer
+
+
+@pytest.mark.skipif(not FP16_ON_CPU, reason="this PyTorch has no float16 autocast on CPU")
+def test_fp16_scaler_skips_overflow_and_resumes_exactly(tokenizer, corpus, tmp_path):
+    from lmtut import CheckpointCallback, SimpleLossLoggerCallback
+
+    whole = Recorder()
+    straight = fp16_trainer(tokenizer, corpus, tmp_path / "a", [whole, SimpleLossLoggerCallback(2, False)]).train()
+    assert straight.skipped_steps > 0  # 2**40 overflowed: those steps were skipped, the scale lowered
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert all("loss_scale" in r and "skipped_steps" in r for r in records)
+    assert records[-1]["skipped_steps"] == straight.skipped_steps
+
+    first = Recorder(stop_at=5)
+    with pytest.raises(KeyboardInterrupt):
+        fp16_trainer(tokenizer, corpus, tmp_path / "b", [first, CheckpointCallback(100)]).train()
+    saved = load_checkpoint(list_checkpoints(tmp_path / "b")[-1])
+    assert saved["scaler"]["scale"] < 2.0**40 and saved["precision"] == "amp-fp16"
+    second = Recorder()
+    resumed = fp16_trainer(tokenizer, corpus, tmp_path / "b", [second]).train(resume=True)
+    assert resumed.loss_scale == straight.loss_scale and resumed.skipped_steps == straight.skipped_steps
+    assert {**first.losses, **second.losses} == pytest.approx(whole.losses, rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.skipif(not FP16_ON_CPU, reason="this PyTorch has no float16 autocast on CPU")
+def test_fp16_stops_only_after_the_scaler_gave_up(tokenizer, corpus):
+    ds = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
+    cfg = TrainConfig(batch_size=4, max_steps=10, precision="amp-fp16", max_skipped_steps=3)
+    trainer = Trainer(tiny_model(tokenizer), ds, cfg, device="cpu", loss_fn=lambda lp, y: lp.sum() * float("nan"))
+    with pytest.raises(TrainingDiverged, match="skipped 3 steps in a row"):
+        trainer.train()
+    assert trainer.step == 2  # steps 1 and 2 were skipped and counted; the third skip stopped the run
