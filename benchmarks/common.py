@@ -1,0 +1,83 @@
+"""Shared by the benchmarks: model shapes, a synthetic WikiText-2-sized vocabulary, timing and peak memory.
+
+Benchmarks time the training step on random token ids: the step's cost depends on the shapes (batch, sequence,
+vocabulary, model size), not on which words the ids stand for, so no data needs to be read.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from lmtut import LanguageModelingDataset, WordTokenizer  # noqa: E402
+from lmtut.tokenizer import SPECIAL_TOKENS as SPECIALS  # noqa: E402
+
+WIKITEXT2_VOCAB = 33_280  # WordTokenizer.vocab_size of WikiText-2 (chapter 2): its word types and the specials
+
+#: model and batch shapes; "gpu-base" and "cpu-demo" are lmtut.train's presets
+SHAPES = {
+    "gpu-base": dict(d_model=512, num_layers=6, num_attn_heads=8, d_inner=2048, max_sequence_length=256, batch_size=32),
+    "cpu-demo": dict(d_model=128, num_layers=2, num_attn_heads=4, d_inner=512, max_sequence_length=64, batch_size=32),
+}
+
+
+def synthetic_dataset(seq_len: int, windows: int, vocab_size: int = WIKITEXT2_VOCAB,
+                      seed: int = 0) -> LanguageModelingDataset:
+    """``windows`` training windows of random word ids over a vocabulary of ``vocab_size`` made-up words."""
+    tokenizer = WordTokenizer(tokens=list(SPECIALS) + [f"w{i}" for i in range(vocab_size - len(SPECIALS))])
+    ids = torch.randint(len(SPECIALS), vocab_size, (seq_len * windows,), generator=torch.Generator().manual_seed(seed))
+    return LanguageModelingDataset(tokenizer, ids, seq_len)
+
+
+def default_shape(device: torch.device) -> str:
+    return "gpu-base" if device.type == "cuda" else "cpu-demo"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: the peak of memory allocated by tensors; CPU: the process's peak resident set size (whole process)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def time_steps(step, device: torch.device, steps: int, warmup: int) -> float:
+    """Seconds per call of ``step()`` over ``steps`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def write_json(path: str | None, payload: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {path}")
