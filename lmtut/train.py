@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import subprocess
 import sys
@@ -43,12 +44,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu-demo": dict(d_model=128, num_layers=2, num_attn_heads=4, d_inner=512, max_sequence_length=64,
                      predict_last_k=32, batch_size=32, dropout=0.1, label_smoothing=0.0, optimizer_kind="adamw",
                      lr=2e-3, weight_decay=0.01, lr_policy="cosine", lr_warmup_proportion=0.05, max_steps=500,
-                     eval_freq=250, checkpoint_save_freq=100, loss_log_freq=25),
+                     eval_freq=250, checkpoint_save_freq=100, loss_log_freq=25, precision="auto"),
     # One modern GPU, about 15 minutes (not yet measured on a GPU: see the README).
     "gpu-base": dict(d_model=512, num_layers=6, num_attn_heads=8, d_inner=2048, max_sequence_length=256,
                      predict_last_k=64, batch_size=32, dropout=0.3, label_smoothing=0.1, optimizer_kind="adamw",
                      lr=5e-4, weight_decay=0.1, beta2=0.98, lr_policy="cosine", lr_warmup_proportion=0.05,
-                     num_epochs=20, eval_freq=1000, checkpoint_save_freq=1000, loss_log_freq=100),
+                     num_epochs=20, eval_freq=1000, checkpoint_save_freq=1000, loss_log_freq=100, precision="auto",
+                     vocab_multiple=128),
     # The seed tutorial's defaults; its 50,000-step cosine schedule now ends with the run.
     "nemo": dict(d_model=384, num_layers=12, num_attn_heads=6, d_inner=1536, max_sequence_length=256,
                  predict_last_k=16, batch_size=32, dropout=0.2, label_smoothing=0.1, optimizer_kind="novograd",
@@ -63,7 +65,7 @@ DEFAULTS: dict[str, Any] = dict(
     label_smoothing=0.0, batch_size=32, iter_per_step=1, num_epochs=1, max_steps=None, optimizer_kind="adamw",
     lr=1e-3, weight_decay=0.0, beta1=0.9, beta2=0.999, lr_policy="cosine", lr_warmup_proportion=0.05,
     clip_grad_norm=1.0, eval_freq=500, eval_batch_size=32, checkpoint_save_freq=500, keep_checkpoints=3,
-    loss_log_freq=25, num_workers=0, precision="fp32", amp_opt_level=None, compile=False,
+    loss_log_freq=25, num_workers=0, precision="fp32", amp_opt_level=None, compile=False, vocab_multiple=8,
 )
 
 HELP = {
@@ -72,6 +74,8 @@ HELP = {
     "amp_opt_level": "the seed's Apex level, mapped onto --precision: "
                      + ", ".join(f"{k} = {v}" for k, v in O_LEVELS.items()),
     "compile": "torch.compile the model (true/false, default false)",
+    "vocab_multiple": "pad the softmax layer's vocabulary to a multiple of this (the seed's 8; 64 or 128 suit GPU "
+                      "matmul tiles); default 8",
 }
 
 
@@ -116,6 +120,7 @@ def model_from_config(config: dict[str, Any], vocab_size: int) -> TransformerLM:
         config["max_sequence_length"], dropout=config["dropout"], tie_weights=config["tie_weights"],
         attn_dropout=config["attn_score_dropout"], emb_dropout=config["embedding_dropout"],
         ffn_dropout=config["ffn_dropout"],
+        padded_vocab_size=m * math.ceil(vocab_size / m) if (m := config.get("vocab_multiple", 8)) else None,
     )
 
 
