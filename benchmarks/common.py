@@ -7,7 +7,6 @@ vocabulary, model size), not on which words the ids stand for, so no data needs 
 from __future__ import annotations
 
 import json
-import platform
 import resource
 import sys
 import time
@@ -19,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from lmtut import LanguageModelingDataset, WordTokenizer  # noqa: E402
 from lmtut.tokenizer import SPECIAL_TOKENS as SPECIALS  # noqa: E402
+from lmtut.train import describe_device as device_name  # noqa: E402,F401  (the benchmarks' import)
 
 WIKITEXT2_VOCAB = 33_280  # WordTokenizer.vocab_size of WikiText-2 (chapter 2): its word types and the specials
 
@@ -44,12 +44,6 @@ def default_shape(device: torch.device) -> str:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def reset_peak_memory(device: torch.device) -> None:

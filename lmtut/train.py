@@ -179,7 +179,13 @@ def prepare_data(config: dict[str, Any], rank: DistInfo) -> tuple[str, WordToken
 
 
 def describe_device(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    """The GPU's name, or the CPU's model name and the threads PyTorch uses."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.is_file() else []
+    return f"{names[0] if names else platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def run(config: dict[str, Any], show_bar: bool = True) -> dict[str, Any] | None:

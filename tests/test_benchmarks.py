@@ -1,0 +1,34 @@
+"""The benchmarks run end to end in their --quick mode and write the JSON they promise (figures are not judged:
+speed goals are checked by reading the benchmarks' output, not by timed tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(script: str, out: Path, *args: str) -> dict:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--json", str(out), *args],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_throughput_quick(tmp_path):
+    result = run_benchmark("throughput.py", tmp_path / "t.json")
+    for key in ("device", "tokens_per_s", "reference_tokens_per_s", "ratio", "mfu", "peak_memory_bytes"):
+        assert key in result
+    assert result["tokens_per_s"] > 0 and result["reference_tokens_per_s"] > 0
+    assert abs(result["ratio"] - result["tokens_per_s"] / result["reference_tokens_per_s"]) < 1e-9
+    assert result["mfu"] is None or 0 < result["mfu"] < 1  # MFU only on CUDA
+
+
+def test_precision_quick(tmp_path):
+    result = run_benchmark("precision.py", tmp_path / "p.json", "--modes", "fp32", "amp-bf16")
+    assert [m["precision"] for m in result["modes"]] == ["fp32", "amp-bf16"]
+    assert all(m["tokens_per_s"] > 0 and m["peak_memory_bytes"] > 0 for m in result["modes"])
+    assert result["modes"][0]["speedup_vs_fp32"] == 1.0
