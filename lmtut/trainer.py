@@ -285,6 +285,8 @@ class Trainer:
         if self.config.sync_every == 1:
             self.check_finite(self.step + 1)  # before the update: the model in memory stays the last good one
         self._optimizer_step()
+        if self.device.type == "cuda" and (self.step + 1) % self.config.sync_every == 0:
+            torch.cuda.synchronize(self.device)  # the interval's queued GPU work counts as training time
         self.train_seconds += time.perf_counter() - start
         return step_loss
 

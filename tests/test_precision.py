@@ -100,3 +100,15 @@ def test_fp16_stops_only_after_the_scaler_gave_up(tokenizer, corpus):
     with pytest.raises(TrainingDiverged, match="skipped 3 steps in a row"):
         trainer.train()
     assert trainer.step == 2  # steps 1 and 2 were skipped and counted; the third skip stopped the run
+
+
+def test_cli_maps_the_seeds_amp_opt_level(corpus, tmp_path):
+    import lmtut.train as train_cli
+    from test_training import TINY
+
+    args = TINY + ["--data_dir", str(corpus), "--max_steps", "2", "--eval_freq", "2"]
+    assert train_cli.main(args + ["--work_dir", str(tmp_path / "o0"), "--amp_opt_level", "O0"]) == 0
+    assert json.loads((tmp_path / "o0" / "results.json").read_text())["precision"] == "fp32"
+    assert train_cli.main(args + ["--work_dir", str(tmp_path / "bf16"), "--precision", "amp-bf16"]) == 0
+    assert json.loads((tmp_path / "bf16" / "results.json").read_text())["precision"] == "amp-bf16"
+    assert train_cli.main(args + ["--work_dir", str(tmp_path / "bad"), "--precision", "fp8"]) == 1
