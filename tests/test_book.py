@@ -2,8 +2,8 @@
 
 The book is built into a temporary folder with warnings as errors. Every page is opened in the system's Chromium
 (Debian's ``chromium``, driven by Playwright without a browser download): no console errors, every image loaded,
-every internal link resolves (file and anchor), math typeset by MathJax, and the search page finds
-"label smoothing". Screenshots of a few pages go to ``_build/screenshots/`` for a person to look at.
+every internal link resolves (file and anchor), math typeset by MathJax, an exercise's solution opens on a click,
+and the search page finds "label smoothing". Screenshots of a few pages go to ``_build/screenshots/`` for a person to look at.
 
 Without Chromium the browser test is skipped with a reason, unless ``LMTUT_REQUIRE_BROWSER=1`` (set by ``.ci/run``,
 which installs Chromium) makes that a failure.
@@ -171,6 +171,17 @@ def test_pages_in_chromium(site, browser):
             problems += [f"{name}: {e}" for e in errors]
             if name in SHOOT:
                 page.screenshot(path=str(SCREENSHOTS / (name.replace("/", "_") + ".png")), full_page=False)
+        # An exercise's solution starts hidden and opens on a click on its title.
+        page.goto(urljoin(server.url, "notebooks/05_label_smoothing.html#exercises"), wait_until="load")
+        solution = page.locator(".admonition.dropdown").first
+        solution.scroll_into_view_if_needed()
+        body = solution.locator("p").last
+        hidden_before = not body.is_visible()
+        solution.locator(".admonition-title").click()
+        body.wait_for(state="visible", timeout=5_000)
+        page.wait_for_timeout(600)  # the fade-in
+        page.screenshot(path=str(SCREENSHOTS / "exercise_solution_open.png"))
+        assert hidden_before, "an exercise's solution is visible before it is opened"
         page.goto(urljoin(server.url, "search.html?q=label+smoothing"), wait_until="load")
         page.wait_for_selector("#search-results li", timeout=15_000)
         hits = page.locator("#search-results li a").evaluate_all("links => links.map(a => a.href)")
