@@ -55,9 +55,13 @@ class PageParser(HTMLParser):
     def __init__(self):
         super().__init__()
         self.ids, self.links, self.images = set(), [], []
+        self.redirect: str | None = None  # a <meta http-equiv="refresh"> target (the site's index.html)
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
+        if tag == "meta" and (a.get("http-equiv") or "").lower() == "refresh" and "url=" in (a.get("content") or ""):
+            self.redirect = a["content"].split("url=", 1)[1].strip()
+            self.links.append(self.redirect)
         if "id" in a:
             self.ids.add(a["id"])
         if tag == "a" and a.get("href"):
@@ -152,11 +156,18 @@ def test_pages_in_chromium(site, browser):
         errors: list[str] = []
         page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-        page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
+        # (a request the browser aborted because the test moved on to the next page is no error)
+        page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url} ({r.failure})")
+                if "ERR_ABORTED" not in (r.failure or "") else None)
         page.on("response", lambda r: errors.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
         for path in pages(site):
             name = str(path.relative_to(site))
             errors.clear()
+            redirect = parse(path).redirect
+            if redirect:  # a redirect page: it must land on its target, which is checked as a page of its own
+                page.goto(urljoin(server.url, name), wait_until="commit")
+                page.wait_for_url(urljoin(urljoin(server.url, name), redirect), timeout=10_000)
+                continue
             page.goto(urljoin(server.url, name), wait_until="load")
             if page.locator(".math").count():  # MathJax typesets every formula into an mjx-container
                 math_pages += 1
