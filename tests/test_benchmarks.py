@@ -32,3 +32,11 @@ def test_precision_quick(tmp_path):
     assert [m["precision"] for m in result["modes"]] == ["fp32", "amp-bf16"]
     assert all(m["tokens_per_s"] > 0 and m["peak_memory_bytes"] > 0 for m in result["modes"])
     assert result["modes"][0]["speedup_vs_fp32"] == 1.0
+
+
+def test_loss_variants_quick(tmp_path):
+    result = run_benchmark("loss_variants.py", tmp_path / "l.json")
+    assert [v["variant"] for v in result["variants"]] == ["log-probs", "cross-entropy", "chunked"]
+    assert all(v["tokens_per_s"] > 0 and v["peak_memory_bytes"] > 0 for v in result["variants"])
+    losses = [v["first_loss"] for v in result["variants"]]
+    assert max(losses) - min(losses) < 1e-4 * losses[0], losses  # three ways to compute one loss
