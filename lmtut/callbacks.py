@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-
 from tqdm.auto import tqdm
 
 from lmtut.datasets import LanguageModelingDataset

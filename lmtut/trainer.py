@@ -282,10 +282,12 @@ class Trainer:
             dist.all_reduce(step_loss)
             step_loss /= n
         self._nonfinite |= ~torch.isfinite(step_loss)
-        if self.config.sync_every == 1:
-            self.check_finite(self.step + 1)  # before the update: the model in memory stays the last good one
+        step = self.step + 1
+        synced = step % self.config.sync_every == 0 or step == self.total_steps
+        if synced:
+            self.check_finite(step)  # before the update: with sync_every=1 the model in memory stays a good one
         self._optimizer_step()
-        if self.device.type == "cuda" and (self.step + 1) % self.config.sync_every == 0:
+        if synced and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the interval's queued GPU work counts as training time
         self.train_seconds += time.perf_counter() - start
         return step_loss
@@ -348,8 +350,6 @@ class Trainer:
                     self.step_in_epoch += 1
                     if self.step_in_epoch == self.steps_per_epoch:
                         self.epoch, self.step_in_epoch = self.epoch + 1, 0
-                    if self.step % self.config.sync_every == 0 or self.step == self.total_steps:
-                        self.check_finite()
                     for cb in self.callbacks:
                         cb.on_step_end(self, loss)
             for cb in self.callbacks:
