@@ -246,7 +246,9 @@ class Trainer:
                                                  pin_memory=self.device.type == "cuda"))
         per_step = shares.view(-1, self.config.batches_per_step * self.config.batch_size)
         for step_windows in per_step:
-            yield [next(batches) for _ in range(self.config.batches_per_step)], self._label_count(step_windows)
+            # alone, a rank counts its own labels in train_step; with others it needs the whole step's count
+            total = self._label_count(step_windows) if self.world.world_size > 1 else None
+            yield [next(batches) for _ in range(self.config.batches_per_step)], total
 
     def _label_count(self, windows: torch.Tensor) -> int:
         """How many labels the step scores over all ranks (every rank can count them: it knows the whole order)."""
