@@ -58,10 +58,8 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def time_steps(step, device: torch.device, steps: int, warmup: int) -> float:
-    """Seconds per call of ``step()`` over ``steps`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        step()
+def seconds_per_step(step, device: torch.device, steps: int) -> float:
+    """Seconds per call of ``step()``, timed over ``steps`` calls with the device's queue drained at both ends."""
     sync(device)
     start = time.perf_counter()
     for _ in range(steps):

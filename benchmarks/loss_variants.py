@@ -18,13 +18,12 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from common import (SHAPES, default_shape, device_name, peak_memory_bytes, reset_peak_memory, sync,
+from common import (SHAPES, default_shape, device_name, peak_memory_bytes, reset_peak_memory, seconds_per_step,
                     synthetic_dataset, write_json)
 from lmtut import TransformerLM
 
@@ -64,14 +63,7 @@ def measure(variant: str, shape: str, steps: int, rounds: int, chunk: int) -> di
     reset_peak_memory(device)
     first_loss = float(step())  # the same in every variant: they compute one loss three ways
     step()
-    times = []
-    for _ in range(rounds):
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync(device)
-        times.append((time.perf_counter() - start) / steps)
+    times = [seconds_per_step(step, device, steps) for _ in range(rounds)]
     return {"variant": variant, "tokens_per_s": batch * seq / statistics.median(times),
             "peak_memory_bytes": peak_memory_bytes(device), "first_loss": first_loss}
 

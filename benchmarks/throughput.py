@@ -16,14 +16,13 @@ import argparse
 import math
 import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import (SHAPES, default_shape, device_name, peak_memory_bytes, reset_peak_memory, sync,
-                    synthetic_dataset, write_json)
+from common import (SHAPES, default_shape, device_name, peak_memory_bytes, reset_peak_memory, seconds_per_step,
+                    sync, synthetic_dataset, write_json)
 from lmtut import TrainConfig, Trainer, TransformerLM
 from lmtut.encoder import sinusoidal_positions
 from lmtut.precision import Precision
@@ -127,12 +126,7 @@ def main() -> int:
         memory[name] = peak_memory_bytes(device)
     for _ in range(args.rounds):
         for name, step in (("ours", ours_step), ("ref", ref_step)):
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            sync(device)
-            times[name].append((time.perf_counter() - start) / args.steps)
+            times[name].append(seconds_per_step(step, device, args.steps))
     tokens = batch * seq
     ours_tps, ref_tps = (tokens / statistics.median(times[k]) for k in ("ours", "ref"))
     name = device_name(device)

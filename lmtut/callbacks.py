@@ -82,7 +82,7 @@ class EvaluatorCallback(Callback):
             self.run(trainer)
 
     def on_train_end(self, trainer):
-        if trainer.world.is_main and (self.last is None or self.last["step"] != trainer.step):
+        if self.last is None or self.last["step"] != trainer.step:  # run() itself does nothing off rank 0
             self.run(trainer)
 
 
