@@ -1,68 +1,48 @@
 """lmtut: the package behind the book *Transformer language models on WikiText-2, in plain PyTorch*.
 
-Each chapter's reusable code lives in a module of its own and is exported here, at the top level
-(``from lmtut import download_wikitext2``). The exports load lazily (PEP 562), so that ``import lmtut`` is
-quick and ``python -m lmtut.data`` runs its module once.
+Each chapter's reusable code lives in a module of its own and is exported here (``from lmtut import
+download_wikitext2``). The command lines are modules of their own that this file does not import:
+``python -m lmtut.data``, ``lmtut.train``, ``lmtut.evaluate`` and ``lmtut.generate`` (or ``lmtut-data``,
+``lmtut-train``, ``lmtut-evaluate``, ``lmtut-generate``).
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from lmtut.attention import CausalSelfAttention, attention_reference
+from lmtut.callbacks import (Callback, CheckpointCallback, EvaluatorCallback, MetricsWriterCallback,
+                             SimpleLossLoggerCallback)
+from lmtut.checkpoint import CheckpointError
+from lmtut.corpus import DataError, SplitStats, corpus_statistics, download_wikitext2, split_statistics
+from lmtut.datasets import (DataConfig, LanguageModelDataDesc, LanguageModelingDataLayer, LanguageModelingDataset,
+                            prepare_corpus, split_dataset)
+from lmtut.device import DeviceError, default_device, describe_device
+from lmtut.distributed import init_distributed
+from lmtut.encoder import TransformerBlock, TransformerEncoder
+from lmtut.experiment import build_datasets, build_model, build_trainer, load_for_inference, prepare, run
+from lmtut.loss import PaddedSmoothedCrossEntropyLoss, nll_and_perplexity
+from lmtut.lr_policies import get_lr_policy
+from lmtut.model import TokenClassifier, TransformerLM
+from lmtut.model_config import TransformerLMConfig
+from lmtut.optimizers import NovoGrad, get_optimizer
+from lmtut.perplexity import evaluate_perplexity
+from lmtut.precision import Precision, resolve_precision
+from lmtut.quicktrain import quick_train
+from lmtut.recipes import PRESETS, RunConfig, make_config
+from lmtut.sampling import generate_text
+from lmtut.seed import seed_everything
+from lmtut.source import show_source
+from lmtut.tokenizer import VocabError, WordTokenizer, build_vocab
+from lmtut.trainer import TrainConfig, Trainer, TrainingDiverged
 
 __version__ = "0.1.0"
 
-#: exported name -> the module that defines it (one module per chapter idea)
-_EXPORTS = {
-    "DataError": "lmtut.data",
-    "SplitStats": "lmtut.data",
-    "corpus_statistics": "lmtut.data",
-    "download_wikitext2": "lmtut.data",
-    "split_statistics": "lmtut.data",
-    "seed_everything": "lmtut.seed",
-    "VocabError": "lmtut.tokenizer",
-    "WordTokenizer": "lmtut.tokenizer",
-    "build_vocab": "lmtut.tokenizer",
-    "LanguageModelDataDesc": "lmtut.datasets",
-    "LanguageModelingDataLayer": "lmtut.datasets",
-    "LanguageModelingDataset": "lmtut.datasets",
-    "CausalSelfAttention": "lmtut.attention",
-    "attention_reference": "lmtut.attention",
-    "TransformerEncoder": "lmtut.encoder",
-    "TokenClassifier": "lmtut.model",
-    "TransformerLM": "lmtut.model",
-    "TransformerLMConfig": "lmtut.model",
-    "PaddedSmoothedCrossEntropyLoss": "lmtut.loss",
-    "nll_and_perplexity": "lmtut.loss",
-    "evaluate_perplexity": "lmtut.evaluate",
-    "quick_train": "lmtut.quicktrain",
-    "get_lr_policy": "lmtut.lr_policies",
-    "get_optimizer": "lmtut.optimizers",
-    "NovoGrad": "lmtut.optimizers",
-    "CheckpointError": "lmtut.checkpoint",
-    "Callback": "lmtut.callbacks",
-    "SimpleLossLoggerCallback": "lmtut.callbacks",
-    "EvaluatorCallback": "lmtut.callbacks",
-    "CheckpointCallback": "lmtut.callbacks",
-    "TrainConfig": "lmtut.trainer",
-    "Trainer": "lmtut.trainer",
-    "TrainingDiverged": "lmtut.trainer",
-    "generate_text": "lmtut.generate",
-    "Precision": "lmtut.precision",
-    "resolve_precision": "lmtut.precision",
-    "init_distributed": "lmtut.distributed",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'lmtut' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # cache: the next lookup does not come here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__all__ = [
+    "PRESETS", "Callback", "CausalSelfAttention", "CheckpointCallback", "CheckpointError", "DataConfig", "DataError",
+    "DeviceError", "EvaluatorCallback", "LanguageModelDataDesc", "LanguageModelingDataLayer",
+    "LanguageModelingDataset", "MetricsWriterCallback", "NovoGrad", "PaddedSmoothedCrossEntropyLoss", "Precision",
+    "RunConfig", "SimpleLossLoggerCallback", "SplitStats", "TokenClassifier", "TrainConfig", "Trainer",
+    "TrainingDiverged", "TransformerBlock", "TransformerEncoder", "TransformerLM", "TransformerLMConfig",
+    "VocabError", "WordTokenizer", "attention_reference", "build_datasets", "build_model", "build_trainer",
+    "build_vocab", "corpus_statistics", "default_device", "describe_device", "download_wikitext2",
+    "evaluate_perplexity", "generate_text", "get_lr_policy", "get_optimizer", "init_distributed",
+    "load_for_inference", "make_config", "nll_and_perplexity", "prepare", "prepare_corpus", "quick_train",
+    "resolve_precision", "run", "seed_everything", "show_source", "split_dataset", "split_statistics",
+]

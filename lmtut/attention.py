@@ -4,6 +4,8 @@
 softmax(Q K^T / sqrt(d_head) + mask) V; ``CausalSelfAttention`` runs the same computation through
 ``F.scaled_dot_product_attention``, which picks a fused kernel (FlashAttention, memory-efficient attention) on GPUs.
 The tests check that both give the same numbers, and that they match ``torch.nn.MultiheadAttention``.
+Asked with ``need_weights=True``, the module computes its output with the reference math instead and returns the
+attention weights too: the maps that chapter 3 draws come from the model itself.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lmtut.model_config import TransformerLMConfig
 
 
 def causal_mask(length: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -53,19 +57,17 @@ def attention_reference(
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention with a causal mask: one fused Q/K/V projection, heads, output projection."""
 
-    def __init__(self, d_model: int, num_heads: int, attn_dropout: float = 0.0):
+    def __init__(self, config: TransformerLMConfig):
         super().__init__()
-        if d_model % num_heads:
-            raise ValueError(f"d_model ({d_model}) must be divisible by num_attn_heads ({num_heads})")
-        self.num_heads, self.d_head = num_heads, d_model // num_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.out = nn.Linear(d_model, d_model)
-        self.attn_dropout = attn_dropout
+        self.num_attn_heads, self.d_head = config.num_attn_heads, config.d_head
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
+        self.out = nn.Linear(config.d_model, config.d_model)
+        self.attn_dropout = config.attn_dropout
 
     def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, T, d_model) -> q, k, v, each (B, heads, T, d_head)."""
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.d_head).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(x).view(B, T, 3, self.num_attn_heads, self.d_head).permute(2, 0, 3, 1, 4)
         return q, k, v
 
     def merge_heads(self, y: torch.Tensor) -> torch.Tensor:
@@ -73,18 +75,20 @@ class CausalSelfAttention(nn.Module):
         B, _, T, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T, d_model); mask: from :func:`attention_mask` (None: causal only)."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (B, T, d_model); mask: from :func:`attention_mask` (None: causal only). Returns (output, None).
+
+        ``need_weights=True`` returns ``(output, weights)`` instead, with the (B, heads, T, T) weights of the
+        reference math (no attention dropout: for looking at, not for training), as ``nn.MultiheadAttention`` does.
+        """
         q, k, v = self.split_heads(x)
+        if need_weights:
+            y, weights = attention_reference(q, k, v, mask)
+            return self.merge_heads(y), weights
         dropout = self.attn_dropout if self.training else 0.0
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        return self.merge_heads(y)
-
-    @torch.no_grad()
-    def attention_weights(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The (B, heads, T, T) attention weights, computed with the reference math (for drawing)."""
-        q, k, v = self.split_heads(x)
-        return attention_reference(q, k, v, mask)[1]
+        return self.merge_heads(y), None

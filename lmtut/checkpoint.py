@@ -1,7 +1,7 @@
 """Chapter 6: checkpoints that survive crashes and load safely.
 
-A checkpoint is written to ``NAME.tmp``, flushed to disk, and renamed over ``NAME`` in one atomic step, so a crash
-while saving never destroys the last good checkpoint. Files are ``ckpt-step0001234.pt``; the newest K are kept.
+A checkpoint is written to ``NAME.part``, flushed to disk, and renamed over ``NAME`` in one atomic step
+(``lmtut.files.atomic_open``), so a crash while saving never destroys the last good checkpoint. Files are ``ckpt-step0001234.pt``; the newest K are kept.
 Loading uses ``torch.load(weights_only=True)``: only tensors and plain Python containers, never arbitrary code.
 """
 
@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from lmtut.files import atomic_open
 
 PATTERN = re.compile(r"ckpt-step(\d+)\.pt$")
 
@@ -37,16 +39,8 @@ def list_checkpoints(work_dir: str | os.PathLike) -> list[Path]:
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, keep: int | None = None) -> Path:
     """Write ``state`` atomically to ``path``; then delete all but the newest ``keep`` checkpoints beside it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path, "wb") as f:
+        torch.save(state, f)
     if keep is not None:
         for old in list_checkpoints(path.parent.parent)[:-keep]:
             old.unlink()

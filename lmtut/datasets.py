@@ -5,62 +5,100 @@ A split becomes one stream of token ids with ``<eos>`` at every line end. A wind
 positions reads ids ``[left, left + L)`` and predicts ids ``[left + 1, left + L + 1)``; windows start every
 ``batch_step`` tokens. For training, ``batch_step = L`` tiles the stream without overlap. For evaluation,
 ``batch_step = k`` (``predict_last_k``) slides the window k tokens at a time and scores only its last k positions,
-each of which then sees at least ``L - k`` tokens of context, except in the first window, which scores all its
-positions. Every token of the split is scored exactly once, the tail included (the last window is padded).
+each of which then sees between ``L - k + 1`` and ``L`` tokens of context (itself included), except in the first
+window, which scores all its positions. Every token of the split is scored exactly once, the tail included (the
+last window is padded).
 
-NeMo 0.x's example evaluated without ``predict_last_k`` and with the label-smoothed loss, so the "perplexity" it
-logged averaged every position of overlapping windows under a smoothed loss: not a perplexity. Here the scoring
-positions are explicit in the labels (``pad_id`` elsewhere, ignored by the loss).
+NeMo 0.x's example built its evaluation windows with ``batch_step=predict_last_k`` too, but its loss scored every
+position of every window, so each token was scored up to ``L / k`` times (16 with its defaults), under the
+label-smoothed loss: not a perplexity. Here the scoring positions are explicit in the labels (``pad_id``
+elsewhere, ignored by the loss).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lmtut.data import SPLITS, atomic_write_text
+from lmtut.corpus import SPLITS
+from lmtut.files import atomic_write_text
 from lmtut.tokenizer import WordTokenizer, build_vocab, count_words, write_vocab
 
 DATASETS = ("wikitext-2",)
 
 
-class LanguageModelDataDesc:
-    """Prepares a dataset folder: checks the splits, lower-cases them when asked, writes the vocabulary.
+@dataclass
+class DataConfig:
+    """Which corpus a run reads and how it is scored (the seed's ``--dataset_name``, ``--data_dir``,
+    ``--do_lower_case`` and ``--predict_last_k``)."""
 
-    Attributes (as in NeMo): ``train_file``, ``eval_file``, ``test_file``, ``vocab_file``, ``vocab_size``. The
-    vocabulary comes from the training split only (``vocab.txt``, or ``vocab.lower.txt`` with lower-casing).
+    dataset_name: str = "wikitext-2"
+    data_dir: str | None = None  # None: download (or find) WikiText-2 with lmtut.download_wikitext2
+    do_lower_case: bool = False
+    predict_last_k: int = 32  # evaluation windows slide by k and score their last k positions
+
+    def __post_init__(self) -> None:
+        if self.dataset_name.lower() not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset_name!r}; known: {', '.join(DATASETS)}")
+        if self.predict_last_k < 1:
+            raise ValueError(f"predict_last_k must be a positive integer, got {self.predict_last_k}")
+
+
+@dataclass(frozen=True)
+class LanguageModelDataDesc:
+    """A prepared dataset folder (NeMo's ``LanguageModelDataDesc``): the split files and the vocabulary.
+
+    Made by :func:`prepare_corpus`, once per run; reading its fields costs nothing.
     """
 
-    def __init__(self, dataset_name: str, data_dir: str | os.PathLike, do_lower_case: bool = False):
-        if dataset_name.lower() not in DATASETS:
-            raise ValueError(f"unknown dataset {dataset_name!r}; known: {', '.join(DATASETS)}")
-        self.data_dir = Path(data_dir)
-        missing = [s for s in SPLITS if not (self.data_dir / f"{s}.txt").is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"{self.data_dir} lacks {', '.join(s + '.txt' for s in missing)}; "
-                "download it first with lmtut.download_wikitext2() or python -m lmtut.data download"
-            )
-        self.do_lower_case = do_lower_case
-        files = {s: self._prepare(s) for s in SPLITS}
-        self.train_file, self.eval_file, self.test_file = files["train"], files["valid"], files["test"]
-        self.vocab_file = self.data_dir / ("vocab.lower.txt" if do_lower_case else "vocab.txt")
-        vocab = build_vocab(count_words(self.train_file))
-        if not self.vocab_file.is_file() or self.vocab_file.read_text(encoding="utf-8").split("\n")[:-1] != vocab:
-            write_vocab(vocab, self.vocab_file)
-        self.vocab_size = len(vocab)
+    data_dir: Path
+    do_lower_case: bool
+    train_file: Path
+    valid_file: Path
+    test_file: Path
+    vocab_file: Path
+    vocab_size: int
 
-    def _prepare(self, split: str) -> Path:
-        src = self.data_dir / f"{split}.txt"
-        if not self.do_lower_case:
-            return src
-        dst = self.data_dir / f"{split}.lower.txt"
-        if not dst.is_file() or dst.stat().st_mtime < src.stat().st_mtime:
-            atomic_write_text(dst, src.read_text(encoding="utf-8").lower())  # "<unk>" stays "<unk>"
-        return dst
+    def split_file(self, split: str) -> Path:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        return {"train": self.train_file, "valid": self.valid_file, "test": self.test_file}[split]
+
+
+def prepare_corpus(data_dir: str | os.PathLike, do_lower_case: bool = False,
+                   dataset_name: str = "wikitext-2") -> LanguageModelDataDesc:
+    """Check the splits, lower-case them when asked, write the vocabulary of the training split.
+
+    The vocabulary is ``vocab.txt`` (``vocab.lower.txt`` with lower-casing), rewritten only when it differs from
+    the training split's; lower-cased copies are ``SPLIT.lower.txt``, rewritten when older than their source.
+    """
+    if dataset_name.lower() not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset_name!r}; known: {', '.join(DATASETS)}")
+    data_dir = Path(data_dir)
+    missing = [s for s in SPLITS if not (data_dir / f"{s}.txt").is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{data_dir} lacks {', '.join(s + '.txt' for s in missing)}; "
+            "download it first with lmtut.download_wikitext2() or python -m lmtut.data download"
+        )
+    files = {s: _lower_cased(data_dir / f"{s}.txt") if do_lower_case else data_dir / f"{s}.txt" for s in SPLITS}
+    vocab_file = data_dir / ("vocab.lower.txt" if do_lower_case else "vocab.txt")
+    vocab = build_vocab(count_words(files["train"]))
+    if not vocab_file.is_file() or vocab_file.read_text(encoding="utf-8").split("\n")[:-1] != vocab:
+        write_vocab(vocab, vocab_file)
+    return LanguageModelDataDesc(data_dir, do_lower_case, files["train"], files["valid"], files["test"],
+                                 vocab_file, len(vocab))
+
+
+def _lower_cased(src: Path) -> Path:
+    dst = src.with_suffix(".lower.txt")
+    if not dst.is_file() or dst.stat().st_mtime < src.stat().st_mtime:
+        atomic_write_text(dst, src.read_text(encoding="utf-8").lower())  # "<unk>" stays "<unk>"
+    return dst
 
 
 def num_windows(num_targets: int, max_sequence_length: int, batch_step: int) -> int:
@@ -92,6 +130,8 @@ class LanguageModelingDataset(Dataset):
         tokens = dataset if isinstance(dataset, torch.Tensor) else tokenizer.encode_file(dataset)
         self.ids = torch.cat([torch.tensor([tokenizer.eos_id]), tokens.long()])
         self.num_targets = len(self.ids) - 1
+        self.pad_id = tokenizer.pad_id  # the label of positions that are not scored
+        self._label_counts: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return num_windows(self.num_targets, self.max_sequence_length, self.batch_step)
@@ -112,6 +152,31 @@ class LanguageModelingDataset(Dataset):
             labels = torch.cat([labels, labels.new_full((L - len(labels),), pad)])
         mask = torch.arange(L) < n
         return inputs, mask, labels
+
+    def label_counts(self) -> torch.Tensor:
+        """How many positions each window scores (its labels that are not ``pad_id``), as an int64 tensor.
+
+        Window ``i`` scores positions ``[L - k, min(L, num_targets - i k))`` (the first window from 0). Computed
+        once; the Trainer uses it to weight micro-batches without reading the windows.
+        """
+        if self._label_counts is None:
+            L, k = self.max_sequence_length, self.batch_step
+            left = torch.arange(len(self)) * k
+            first = torch.where(left == 0, 0, L - k)
+            end = (self.num_targets - left).clamp(max=L)
+            counts = (end - first).clamp(min=0)
+            if bool((self.ids[1:] == self.pad_id).any()):  # a pad id inside the text is never scored either
+                counts = torch.tensor([int((self[i][2] != self.pad_id).sum()) for i in range(len(self))])
+            self._label_counts = counts
+        return self._label_counts
+
+
+def split_dataset(corpus: LanguageModelDataDesc, tokenizer: WordTokenizer, split: str, max_sequence_length: int,
+                  batch_step: int | None = None, max_tokens: int | None = None) -> LanguageModelingDataset:
+    """Windows over one split of a prepared corpus: training windows (``batch_step=None``) or ``predict_last_k``
+    evaluation windows (``batch_step=k``); ``max_tokens`` keeps only the split's first tokens."""
+    tokens = tokenizer.encode_file(corpus.split_file(split))
+    return LanguageModelingDataset(tokenizer, tokens[:max_tokens], max_sequence_length, batch_step)
 
 
 class LanguageModelingDataLayer(DataLoader):

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from lmtut.device import default_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -34,11 +36,12 @@ def launched_by_torchrun() -> bool:
 def init_distributed(device_type: str | None = None) -> tuple[DistInfo, torch.device]:
     """Join the process group when launched by torchrun; return (rank info, this process's device).
 
-    The backend follows the device: ``nccl`` for CUDA (one GPU per process, ``cuda:LOCAL_RANK``), ``gloo`` for CPU.
+    The device type defaults to :func:`lmtut.default_device`'s (``LMTUT_DEVICE=cpu`` trains on CPUs with Gloo on a
+    GPU machine). The backend follows the device: ``nccl`` for CUDA (one GPU per process, ``cuda:LOCAL_RANK``), ``gloo`` for CPU.
     """
-    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    device_type = device_type or default_device().type
     if not launched_by_torchrun():
-        return DistInfo(), torch.device(device_type)
+        return DistInfo(), default_device() if device_type == default_device().type else torch.device(device_type)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if device_type == "cuda":
         if local_rank >= torch.cuda.device_count():

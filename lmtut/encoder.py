@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lmtut.attention import CausalSelfAttention, attention_mask
+from lmtut.model_config import TransformerLMConfig
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -31,86 +32,73 @@ def sinusoidal_positions(max_length: int, d_model: int) -> torch.Tensor:
 class FeedForward(nn.Sequential):
     """Position-wise feed-forward network: Linear(d_model, d_inner), activation, dropout, Linear(d_inner, d_model)."""
 
-    def __init__(self, d_model: int, d_inner: int, dropout: float = 0.0, activation: str = "relu"):
-        super().__init__(nn.Linear(d_model, d_inner), ACTIVATIONS[activation](), nn.Dropout(dropout), nn.Linear(d_inner, d_model))
+    def __init__(self, config: TransformerLMConfig):
+        super().__init__(nn.Linear(config.d_model, config.d_inner), ACTIVATIONS[config.activation](),
+                         nn.Dropout(config.ffn_dropout), nn.Linear(config.d_inner, config.d_model))
 
 
 class TransformerBlock(nn.Module):
     """Self-attention and feed-forward sublayers, each with dropout, a residual connection and a layer norm."""
 
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        d_inner: int,
-        dropout: float = 0.1,
-        attn_dropout: float = 0.1,
-        ffn_dropout: float = 0.0,
-        pre_norm: bool = True,
-        activation: str = "relu",
-    ):
+    def __init__(self, config: TransformerLMConfig):
         super().__init__()
-        self.pre_norm = pre_norm
-        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.attn = CausalSelfAttention(d_model, num_heads, attn_dropout)
-        self.ffn = FeedForward(d_model, d_inner, ffn_dropout, activation)
-        self.drop = nn.Dropout(dropout)  # on each sublayer's output, before the residual add
+        self.pre_norm = config.pre_norm
+        self.norm1, self.norm2 = nn.LayerNorm(config.d_model), nn.LayerNorm(config.d_model)
+        self.attn = CausalSelfAttention(config)
+        self.ffn = FeedForward(config)
+        self.drop = nn.Dropout(config.dropout)  # on each sublayer's output, before the residual add
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, T, d_model) -> (the same shape, the attention weights when ``need_weights``, else None)."""
         if self.pre_norm:
-            x = x + self.drop(self.attn(self.norm1(x), mask))
-            return x + self.drop(self.ffn(self.norm2(x)))
-        x = self.norm1(x + self.drop(self.attn(x, mask)))
-        return self.norm2(x + self.drop(self.ffn(x)))
+            a, weights = self.attn(self.norm1(x), mask, need_weights)
+            x = x + self.drop(a)
+            x = x + self.drop(self.ffn(self.norm2(x)))
+        else:
+            a, weights = self.attn(x, mask, need_weights)
+            x = self.norm1(x + self.drop(a))
+            x = self.norm2(x + self.drop(self.ffn(x)))
+        return x, weights
 
 
 class TransformerEncoder(nn.Module):
     """Embeddings, positions and a stack of causal Transformer blocks: (B, T) ids -> (B, T, d_model) states."""
 
-    def __init__(
-        self,
-        vocab_size: int,
-        d_model: int,
-        num_layers: int,
-        num_attn_heads: int,
-        d_inner: int,
-        max_sequence_length: int,
-        dropout: float = 0.1,
-        attn_dropout: float = 0.1,
-        emb_dropout: float = 0.1,
-        ffn_dropout: float = 0.0,
-        pre_norm: bool = True,
-        positions: str = "sinusoidal",
-        activation: str = "relu",
-    ):
+    def __init__(self, config: TransformerLMConfig):
         super().__init__()
-        self.d_model, self.max_sequence_length = d_model, max_sequence_length
-        self.embedding = nn.Embedding(vocab_size, d_model)
-        if positions == "sinusoidal":
-            self.register_buffer("position_table", sinusoidal_positions(max_sequence_length, d_model), persistent=False)
+        self.d_model, self.max_sequence_length = config.d_model, config.max_sequence_length
+        self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model)
+        if config.positions == "sinusoidal":
+            table = sinusoidal_positions(config.max_sequence_length, config.d_model)
+            self.register_buffer("position_table", table, persistent=False)
             self.position_embedding = None
         else:
-            self.position_embedding = nn.Embedding(max_sequence_length, d_model)
-        self.emb_drop = nn.Dropout(emb_dropout)
-        self.layers = nn.ModuleList(
-            TransformerBlock(d_model, num_attn_heads, d_inner, dropout, attn_dropout, ffn_dropout, pre_norm, activation)
-            for _ in range(num_layers)
-        )
-        self.final_norm = nn.LayerNorm(d_model) if pre_norm else nn.Identity()
+            self.position_embedding = nn.Embedding(config.max_sequence_length, config.d_model)
+        self.emb_drop = nn.Dropout(config.emb_dropout)
+        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
+        self.final_norm = nn.LayerNorm(config.d_model) if config.pre_norm else nn.Identity()
 
     def positions(self, length: int) -> torch.Tensor:
         if self.position_embedding is not None:
             return self.position_embedding.weight[:length]
         return self.position_table[:length]
 
-    def forward(self, input_ids: torch.Tensor, input_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids: (B, T) int64; input_mask: (B, T), True at real tokens (None: no padding)."""
+    def forward(self, input_ids: torch.Tensor, input_mask: torch.Tensor | None = None,
+                need_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """input_ids: (B, T) int64; input_mask: (B, T), True at real tokens (None: no padding).
+
+        ``need_weights=True`` also returns each layer's (B, heads, T, T) attention weights.
+        """
         T = input_ids.size(1)
         if T > self.max_sequence_length:
             raise ValueError(f"sequence of {T} tokens is longer than max_sequence_length={self.max_sequence_length}")
         x = self.embedding(input_ids) * math.sqrt(self.d_model) + self.positions(T)
         x = self.emb_drop(x)
         mask = attention_mask(input_mask, T, input_ids.device)
+        maps = []
         for layer in self.layers:
-            x = layer(x, mask)
-        return self.final_norm(x)
+            x, weights = layer(x, mask, need_weights)
+            maps.append(weights)
+        x = self.final_norm(x)
+        return (x, maps) if need_weights else x

@@ -1,6 +1,10 @@
-"""Chapter 6: sampling text from a trained model (temperature and top-k), and its command line.
+"""Chapter 6: ``python -m lmtut.generate CHECKPOINT --prompt TEXT`` (or ``lmtut-generate``): sample from a checkpoint.
 
-``python -m lmtut.generate CHECKPOINT --prompt "The game" [--max_tokens 40] [--temperature 0.8] [--top_k 40]``
+    python -m lmtut.generate runs/cpu-demo/checkpoints/ckpt-step0000500.pt --prompt "The game" [--max_tokens 40]
+        [--temperature 0.8] [--top_k 40] [--num_samples 1] [--seed 0]
+
+The sampling is :func:`lmtut.sampling.generate_text`; this module is its command line (the seed's ``--interactive``
+mode, reading prompts in a loop, became this one-prompt command).
 """
 
 from __future__ import annotations
@@ -9,61 +13,14 @@ import argparse
 import sys
 
 import torch
-from torch import nn
 
-from lmtut.tokenizer import WordTokenizer
-
-
-@torch.no_grad()
-def generate_text(
-    model: nn.Module,
-    tokenizer: WordTokenizer,
-    prompt: str,
-    max_tokens: int = 40,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
-    stop_at_eos: bool = False,
-) -> str:
-    """Continue ``prompt`` by sampling one token at a time from the model's distribution.
-
-    ``temperature`` < 1 sharpens the distribution (0 means greedy); ``top_k`` keeps only the k most likely words.
-    ``<unk>``, ``<pad>`` and ``<bos>`` are never sampled. The context is cut to the model's last
-    ``max_sequence_length`` tokens.
-    """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    ids = [tokenizer.eos_id] + tokenizer.encode(prompt)  # a line starts after an <eos>, as in training
-    window = model.config.max_sequence_length
-    banned = [tokenizer.unk_id, tokenizer.pad_id, tokenizer.bos_id]
-    out: list[int] = []
-    for _ in range(max_tokens):
-        context = torch.tensor([ids[-window:]], device=device)
-        logits = model(context)[0, -1, : tokenizer.vocab_size].float()  # the padded rows are never words
-        logits[banned] = float("-inf")
-        if temperature == 0:
-            nxt = int(logits.argmax())
-        else:
-            logits = logits / temperature
-            if top_k:
-                kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
-                logits[logits < kth] = float("-inf")
-            nxt = int(torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator))
-        ids.append(nxt)
-        out.append(nxt)
-        if stop_at_eos and nxt == tokenizer.eos_id:
-            break
-    model.train(was_training)
-    return tokenizer.decode(out)
+from lmtut.checkpoint import CheckpointError
+from lmtut.device import DeviceError
+from lmtut.experiment import load_for_inference
+from lmtut.sampling import generate_text
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lmtut.checkpoint import CheckpointError
-    from lmtut.train import load_for_inference
-
     p = argparse.ArgumentParser(prog="python -m lmtut.generate", description="Sample text from a checkpoint.")
     p.add_argument("checkpoint")
     p.add_argument("--prompt", required=True)
@@ -75,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         model, tokenizer, _ = load_for_inference(args.checkpoint)
-    except CheckpointError as e:
+    except (CheckpointError, DeviceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     g = torch.Generator().manual_seed(args.seed)

@@ -8,14 +8,12 @@ as in the seed tutorial.
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lmtut.encoder import ACTIVATIONS, TransformerEncoder
+from lmtut.model_config import TransformerLMConfig
 
 
 class TokenClassifier(nn.Module):
@@ -52,77 +50,25 @@ class TokenClassifier(nn.Module):
         return F.log_softmax(logits.float(), dim=-1) if self.log_softmax else logits  # fp32 under autocast too
 
 
-@dataclass
-class TransformerLMConfig:
-    """Hyperparameters under the seed's names; checked at construction."""
-
-    vocab_size: int
-    d_model: int = 384
-    num_layers: int = 12
-    num_attn_heads: int = 6
-    d_inner: int = 1536
-    max_sequence_length: int = 256
-    dropout: float = 0.2  # residual dropout; also the default of the attention and embedding dropouts
-    attn_dropout: float | None = None
-    emb_dropout: float | None = None
-    ffn_dropout: float = 0.0
-    tie_weights: bool = True
-    pre_norm: bool = True
-    positions: str = "sinusoidal"  # or "learned"
-    activation: str = "relu"
-    classifier_layers: int = 1
-    padded_vocab_size: int | None = None  # default: vocab_size rounded up to a multiple of 8
-
-    def __post_init__(self) -> None:
-        if self.padded_vocab_size is None:
-            self.padded_vocab_size = 8 * math.ceil(self.vocab_size / 8)
-        self.attn_dropout = self.dropout if self.attn_dropout is None else self.attn_dropout
-        self.emb_dropout = self.dropout if self.emb_dropout is None else self.emb_dropout
-        for name in ("vocab_size", "d_model", "num_layers", "num_attn_heads", "d_inner", "max_sequence_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.d_model % self.num_attn_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by num_attn_heads ({self.num_attn_heads})")
-        if self.padded_vocab_size < self.vocab_size:
-            raise ValueError(
-                f"the model's vocabulary ({self.padded_vocab_size}) is smaller than the tokenizer's ({self.vocab_size})"
-            )
-        for name in ("dropout", "attn_dropout", "emb_dropout", "ffn_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
-        if self.positions not in ("sinusoidal", "learned"):
-            raise ValueError(f"positions must be 'sinusoidal' or 'learned', got {self.positions!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
-
-
 class TransformerLM(nn.Module):
     """Encoder + token classifier: ``model(input_ids, input_mask=None)`` gives (B, T, padded vocab) log-probs.
 
-    ``TransformerLM(vocab_size, d_model, num_layers, num_attn_heads, d_inner, max_sequence_length, dropout=...,
-    tie_weights=True, **more)``, or ``TransformerLM.from_config(TransformerLMConfig(...))``. The extra rows of the
-    padded vocabulary are ordinary outputs that are never a target; training gives them negligible probability.
+    ``TransformerLM(TransformerLMConfig(vocab_size=..., d_model=..., ...))``: one config, handed down to the encoder,
+    its blocks and their attention. The extra rows of the padded vocabulary are ordinary outputs that are never a
+    target; training gives them negligible probability.
     """
 
-    def __init__(self, vocab_size: int, d_model: int = 384, num_layers: int = 12, num_attn_heads: int = 6,
-                 d_inner: int = 1536, max_sequence_length: int = 256, dropout: float = 0.2,
-                 tie_weights: bool = True, **more):
+    def __init__(self, config: TransformerLMConfig):
         super().__init__()
-        self.config = cfg = TransformerLMConfig(vocab_size, d_model, num_layers, num_attn_heads, d_inner,
-                                                max_sequence_length, dropout, tie_weights=tie_weights, **more)
-        self.encoder = TransformerEncoder(
-            cfg.padded_vocab_size, d_model, num_layers, num_attn_heads, d_inner, max_sequence_length,
-            dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, emb_dropout=cfg.emb_dropout,
-            ffn_dropout=cfg.ffn_dropout, pre_norm=cfg.pre_norm, positions=cfg.positions, activation=cfg.activation,
-        )
-        self.classifier = TokenClassifier(d_model, cfg.padded_vocab_size, cfg.classifier_layers, cfg.activation)
+        if config.vocab_size is None:
+            raise ValueError("the model's config has no vocab_size: use config.with_vocab(tokenizer.vocab_size)")
+        self.config = config
+        self.encoder = TransformerEncoder(config)
+        self.classifier = TokenClassifier(config.d_model, config.padded_vocab_size, config.classifier_layers,
+                                          config.activation)
         self.apply(self._init_weights)
-        if tie_weights:
+        if config.tie_weights:
             self.classifier.last.weight = self.encoder.embedding.weight  # one Parameter, two uses
-
-    @classmethod
-    def from_config(cls, config: TransformerLMConfig) -> "TransformerLM":
-        return cls(**asdict(config))
 
     def _init_weights(self, module: nn.Module) -> None:
         """Xavier-uniform linear layers with zero biases; embeddings N(0, 1/d_model), so that the scaled embedding

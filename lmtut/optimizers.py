@@ -12,6 +12,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+OPTIMIZERS = ("adam", "adamw", "sgd", "novograd")
+
 
 class NovoGrad(torch.optim.Optimizer):
     """m = b1 m + (g / sqrt(v) + wd w),  v = b2 v + (1 - b2) ||g||^2 (v = ||g||^2 at the first step),  w -= lr m."""
@@ -68,4 +70,4 @@ def get_optimizer(name: str, params: Iterable, lr: float, weight_decay: float = 
         return torch.optim.SGD(params, lr=lr, momentum=betas[0], nesterov=betas[0] > 0, weight_decay=weight_decay)
     if name == "novograd":
         return NovoGrad(params, lr=lr, betas=betas, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer_kind {name!r}; choose one of adam, adamw, sgd, novograd")
+    raise ValueError(f"unknown optimizer_kind {name!r}; choose one of {', '.join(OPTIMIZERS)}")

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lmtut.datasets import LanguageModelingDataLayer, LanguageModelingDataset
-from lmtut.evaluate import evaluate_perplexity
+from lmtut.perplexity import evaluate_perplexity
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -32,7 +32,7 @@ def quick_train(
     lr: float = 1e-3,
     warmup_steps: int = 10,
     weight_decay: float = 0.0,
-    clip: float = 1.0,
+    clip_grad_norm: float = 1.0,
     eval_every: int = 25,
     loss_fn: LossFn | None = None,
     seed: int = 0,
@@ -42,7 +42,7 @@ def quick_train(
 
     ``loss_fn(log_probs, labels)`` defaults to the plain negative log-likelihood ignoring padding.
     """
-    pad = train.tokenizer.pad_id
+    pad = train.pad_id
     loss_fn = loss_fn or (lambda lp, y: F.nll_loss(lp.flatten(0, 1), y.flatten(), ignore_index=pad))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup_steps))
@@ -66,7 +66,7 @@ def quick_train(
         loss = loss_fn(model(input_ids, input_mask), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         optimizer.step()
         schedule.step()
         tokens += input_ids.numel()

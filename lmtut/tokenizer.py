@@ -16,7 +16,7 @@ from typing import Iterable
 
 import torch
 
-from lmtut.data import atomic_write_text
+from lmtut.files import atomic_write_text
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 #: The special tokens and their fixed ids: <pad>=0, <bos>=1, <eos>=2, <unk>=3.
@@ -43,8 +43,15 @@ def build_vocab(counts: Counter, min_freq: int = 1) -> list[str]:
     return list(SPECIAL_TOKENS) + words
 
 
+def round_up(n: int, multiple: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple`` (the seed's ``8 * ceil(vocab_size / 8)``)."""
+    if multiple < 1:
+        raise ValueError(f"the multiple must be a positive integer, got {multiple}")
+    return multiple * math.ceil(n / multiple)
+
+
 def write_vocab(tokens: Iterable[str], path: str | os.PathLike) -> Path:
-    """Write one token a line, atomically (a ``.part`` file renamed into place)."""
+    """Write one token a line, atomically (``lmtut.files.atomic_write_text``)."""
     return atomic_write_text(path, "".join(t + "\n" for t in tokens))
 
 
@@ -72,7 +79,7 @@ class WordTokenizer:
     @classmethod
     def _read(cls, path: Path) -> list[str]:
         if not path.is_file():
-            raise VocabError(f"vocabulary file {path} not found; build it with lmtut.LanguageModelDataDesc")
+            raise VocabError(f"vocabulary file {path} not found; build it with lmtut.prepare_corpus")
         tokens = path.read_text(encoding="utf-8").split("\n")
         if tokens and tokens[-1] == "":
             tokens.pop()  # the final newline
@@ -102,7 +109,7 @@ class WordTokenizer:
         Matrix shapes that are multiples of 8 (fp16/bf16) let GPU tensor cores run at full speed; the extra
         rows of the output layer are never a target and soon get negligible probability.
         """
-        return multiple * math.ceil(self.vocab_size / multiple)
+        return round_up(self.vocab_size, multiple)
 
     def encode(self, text: str) -> list[int]:
         unk, ids = self.unk_id, self.token_to_id

@@ -16,7 +16,6 @@ LR schedule, are the same for any number of ranks.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -32,10 +31,12 @@ from lmtut.callbacks import Callback
 from lmtut.checkpoint import (CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint, rng_state,
                               save_checkpoint, set_rng_state)
 from lmtut.datasets import LanguageModelingDataLayer, LanguageModelingDataset
+from lmtut.device import default_device
 from lmtut.distributed import barrier, world
 from lmtut.loss import PaddedSmoothedCrossEntropyLoss
+from lmtut.lr_policies import ALIASES as LR_POLICIES
 from lmtut.lr_policies import build_scheduler, get_lr_policy
-from lmtut.optimizers import get_optimizer, parameter_groups
+from lmtut.optimizers import OPTIMIZERS, get_optimizer, parameter_groups
 from lmtut.precision import Precision, enable_tf32
 
 
@@ -45,31 +46,56 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    """The optimization knobs, under the seed's names."""
+    """The optimization and the training loop's schedule, under one name each (the seed's names are aliases on
+    the command line: see ``lmtut.recipes.SEED_ALIASES``)."""
 
-    batch_size: int = 32
-    batches_per_step: int = 1  # the seed's iter_per_step: gradient accumulation
+    batch_size: int = 32  # windows per micro-batch, over all ranks
+    batches_per_step: int = 1  # micro-batches per optimizer step: gradient accumulation (the seed's iter_per_step)
     num_epochs: int = 1
     max_steps: int | None = None  # overrides num_epochs
-    optimizer_kind: str = "adamw"
+    optimizer_kind: str = "adamw"  # adam, adamw, sgd or novograd
     lr: float = 1e-3
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # decoupled (AdamW); never on biases, LayerNorm weights or positions
     beta1: float = 0.9
     beta2: float = 0.999
-    lr_policy: str = "cosine"
-    lr_warmup_proportion: float = 0.05
-    min_lr_ratio: float = 0.0
-    clip_grad_norm: float | None = 1.0
+    lr_policy: str = "cosine"  # constant, cosine, linear or inverse_sqrt
+    warmup_ratio: float = 0.05  # linear warmup over this share of the steps (the seed's lr_warmup_proportion)
+    warmup_steps: int | None = None  # or over this many steps (overrides warmup_ratio)
+    min_lr_ratio: float = 0.0  # where the decay ends, as a share of lr
+    clip_grad_norm: float | None = 1.0  # None or 0: no clipping
+    label_smoothing: float = 0.0
     seed: int = 0
     num_workers: int = 0
     precision: str = "fp32"  # fp32 | amp-fp16 | amp-bf16 | auto | O0 | O1 | O2 (chapter 7)
-    sync_every: int = 1  # read the loss back to the host (and check it is finite) every N steps
+    sync_every: int | None = None  # read the loss back every N steps (None: log_every on a GPU, 1 on a CPU)
     max_skipped_steps: int = 20  # fp16: stop after this many consecutive steps skipped for overflow
     compile: bool = False  # torch.compile the model (chapter 9)
+    log_every: int = 25  # steps between loss records
+    eval_every: int = 500  # steps between validations (and one at the end)
+    eval_batch_size: int = 32
+    checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
+    keep_checkpoints: int = 3
 
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    def __post_init__(self) -> None:
+        positive = ["batch_size", "batches_per_step", "num_epochs", "log_every", "eval_every", "eval_batch_size",
+                    "checkpoint_every", "keep_checkpoints", "max_skipped_steps"]
+        positive += [name for name in ("max_steps", "sync_every", "warmup_steps") if getattr(self, name) is not None]
+        for name in positive:
+            if getattr(self, name) < (0 if name == "warmup_steps" else 1):
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be 0 or more, got {self.num_workers}")
+        if self.optimizer_kind.lower() not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer_kind {self.optimizer_kind!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.lr_policy.lower() not in LR_POLICIES:
+            raise ValueError(f"unknown lr_policy {self.lr_policy!r}; choose one of constant, cosine, linear, "
+                             "inverse_sqrt")
 
 
 class Trainer:
@@ -88,7 +114,8 @@ class Trainer:
         self.device = torch.device(device) if device is not None else default_device()
         self.world = world()
         self.model = model.to(self.device)  # the plain module: evaluation, checkpoints, generation
-        self.loss_fn = loss_fn or PaddedSmoothedCrossEntropyLoss(train_dataset.tokenizer.pad_id)
+        self.loss_fn = loss_fn or PaddedSmoothedCrossEntropyLoss(train_dataset.pad_id, config.label_smoothing)
+        self.label_counts = train_dataset.label_counts()  # scored labels per window: the micro-batches' weights
         self.work_dir = Path(work_dir) if work_dir is not None else None
         self.extra_state = extra_state or {}  # saved in checkpoints as is (the run's config, the vocabulary)
         if config.batch_size % self.world.world_size:
@@ -100,6 +127,7 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise ValueError(f"{len(train_dataset)} training windows are fewer than one step's {self.window_per_step}")
         self.total_steps = config.max_steps or config.num_epochs * self.steps_per_epoch
+        self.sync_every = config.sync_every or (config.log_every if self.device.type == "cuda" else 1)
         self.precision = Precision.of(config.precision, self.device)
         self.tf32 = self.precision.name == "fp32" and enable_tf32(self.device)
         self.scaler = self.precision.grad_scaler()
@@ -108,13 +136,13 @@ class Trainer:
         groups = parameter_groups(self.model, config.weight_decay)
         self.optimizer = get_optimizer(config.optimizer_kind, groups, config.lr, config.weight_decay,
                                        (config.beta1, config.beta2), fused=self.device.type == "cuda")
-        policy = get_lr_policy(config.lr_policy, self.total_steps, warmup_ratio=config.lr_warmup_proportion,
-                               min_lr_ratio=config.min_lr_ratio)
+        warmup = dict(warmup_steps=config.warmup_steps) if config.warmup_steps is not None else dict(
+            warmup_ratio=config.warmup_ratio)
+        policy = get_lr_policy(config.lr_policy, self.total_steps, min_lr_ratio=config.min_lr_ratio, **warmup)
         self.scheduler = build_scheduler(self.optimizer, policy)
         self.step = self.epoch = self.step_in_epoch = self.tokens_seen = 0
         self.train_seconds = 0.0  # time in train_step only (evaluation and checkpoints excluded)
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # set on device, read when synced
-        self._writer = None
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         """DistributedDataParallel under torchrun (gradients all-reduced in buckets during backward), then
@@ -198,38 +226,20 @@ class Trainer:
         if not found:
             return False
         self.load_state_dict(load_checkpoint(found[-1], self.device), str(found[-1]))
-        if self.world.is_main:
-            self._truncate_metrics()
         return True
 
     # ------------------------------------------------------------------------------------------- logging
 
     def log(self, record: dict[str, float]) -> None:
-        """Append a record to ``metrics.jsonl`` and TensorBoard (rank 0 only; nothing without a work dir)."""
-        if self.work_dir is None or not self.world.is_main:
-            return
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.work_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(str(self.work_dir / "tensorboard"))
-        for key, value in record.items():
-            if key != "step":
-                self._writer.add_scalar(key, value, record["step"])
-
-    def _truncate_metrics(self) -> None:
-        """After a resume, drop the records logged after the checkpoint (they will be logged again)."""
-        path = self.work_dir / "metrics.jsonl"
-        if path.is_file():
-            keep = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= self.step]
-            path.write_text("".join(line + "\n" for line in keep))
+        """Hand a record (``step`` and figures) to every callback's ``on_log``; rank 0 only."""
+        if self.world.is_main:
+            for cb in self.callbacks:
+                cb.on_log(self, record)
 
     # ------------------------------------------------------------------------------------------- training
 
     def _epoch_steps(self):
-        """This epoch's steps from the current one on: (this rank's micro-batches, the step's global label count).
+        """This epoch's steps from the current one on: (this rank's micro-batches, their loss weights).
 
         The order is a per-epoch seeded permutation, the same on every rank; each global micro-batch of
         ``batch_size`` windows is cut into ``world_size`` consecutive shares and rank r takes share r.
@@ -244,30 +254,34 @@ class Trainer:
         batches = iter(LanguageModelingDataLayer(self.dataset, self.rank_batch_size, sampler=mine,
                                                  num_workers=self.config.num_workers, generator=generator,
                                                  pin_memory=self.device.type == "cuda"))
-        per_step = shares.view(-1, self.config.batches_per_step * self.config.batch_size)
-        for step_windows in per_step:
-            # alone, a rank counts its own labels in train_step; with others it needs the whole step's count
-            total = self._label_count(step_windows) if self.world.world_size > 1 else None
-            yield [next(batches) for _ in range(self.config.batches_per_step)], total
+        m = self.config.batches_per_step
+        for step_shares in shares.view(-1, m, self.world.world_size, self.rank_batch_size):
+            yield [next(batches) for _ in range(m)], self.loss_weights(step_shares)
 
-    def _label_count(self, windows: torch.Tensor) -> int:
-        """How many labels the step scores over all ranks (every rank can count them: it knows the whole order)."""
-        pad = self.dataset.tokenizer.pad_id
-        return sum(int((self.dataset[i][2] != pad).sum()) for i in windows.tolist())
+    def loss_weights(self, step_shares: torch.Tensor) -> list[float]:
+        """Each of this rank's micro-batches' share of the step's scored labels (all ranks), times the world size.
 
-    def train_step(self, micro_batches: list[tuple[torch.Tensor, ...]], total: int | None = None) -> torch.Tensor:
+        ``step_shares``: the step's window indices, (micro-batch, rank, window). DDP averages gradients over ranks,
+        so with these weights the gradient is exactly that of the whole step's mean loss over its labels.
+        """
+        counts = self.label_counts[step_shares]  # (micro-batch, rank, window)
+        total = max(int(counts.sum()), 1)
+        n = self.world.world_size
+        return [int(c) * n / total for c in counts[:, self.world.rank].sum(-1)]
+
+    def train_step(self, micro_batches: list[tuple[torch.Tensor, ...]],
+                   weights: list[float] | None = None) -> torch.Tensor:
         """One optimizer step over this rank's micro-batches; returns the step's mean loss as a 0-d tensor.
 
-        Each micro-batch's mean loss is weighted by its share of the step's ``total`` labels (all ranks), times the
-        world size, because DDP averages gradients over ranks: the gradient is then exactly that of the whole
-        global batch. No host-device sync happens here in fp32 and bf16 (fp16's scaler makes one).
+        Each micro-batch's mean loss is multiplied by its weight (:meth:`loss_weights`; None: equal weights) before
+        ``backward``: gradient accumulation that equals one large batch. No host-device sync happens here in fp32
+        and bf16 (fp16's scaler makes one).
         """
         start = time.perf_counter()
-        pad, n = self.dataset.tokenizer.pad_id, self.world.world_size
-        counts = [int((labels != pad).sum()) for _, _, labels in micro_batches]
-        total = max(total if total is not None else sum(counts), 1)
+        n = self.world.world_size
+        weights = weights or [1.0 / len(micro_batches)] * len(micro_batches)
         step_loss = torch.zeros((), device=self.device)
-        for i, ((input_ids, _, labels), count) in enumerate(zip(micro_batches, counts)):
+        for i, ((input_ids, _, labels), weight) in enumerate(zip(micro_batches, weights)):
             input_ids = input_ids.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             last = i == len(micro_batches) - 1
@@ -276,7 +290,7 @@ class Trainer:
             with sync:
                 with self.precision.autocast():
                     # Training windows are padded on the right only, which the causal mask hides: no key mask.
-                    loss = self.loss_fn(self.train_model(input_ids), labels) * (count * n / total)
+                    loss = self.loss_fn(self.train_model(input_ids), labels) * weight
                 self.scaler.scale(loss).backward()
             step_loss += loss.detach()
             self.tokens_seen += input_ids.numel() * n
@@ -285,7 +299,7 @@ class Trainer:
             step_loss /= n
         self._nonfinite |= ~torch.isfinite(step_loss)
         step = self.step + 1
-        synced = step % self.config.sync_every == 0 or step == self.total_steps
+        synced = step % self.sync_every == 0 or step == self.total_steps
         if synced:
             self.check_finite(step)  # before the update: with sync_every=1 the model in memory stays a good one
         self._optimizer_step()
@@ -361,7 +375,6 @@ class Trainer:
                 cb.on_interrupt(self)
             raise
         finally:
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
+            for cb in self.callbacks:
+                cb.on_close(self)
         return self

@@ -1,0 +1,73 @@
+"""Chapters 3 and 4: the model's hyperparameters, in one dataclass that owns its defaults and checks.
+
+Every module of the model receives this one object (``TransformerLM(config)``, ``TransformerEncoder(config)``,
+``TransformerBlock(config)``, ``CausalSelfAttention(config)``), as in nanoGPT: a hyperparameter is named once and
+read where it is used. The defaults are the seed tutorial's model (NeMo 0.x's ``transformer_lm.py``: 12 layers,
+d_model 384); the presets of ``lmtut.recipes`` override them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from lmtut.tokenizer import round_up
+
+ACTIVATIONS = ("relu", "gelu")
+POSITIONS = ("sinusoidal", "learned")
+
+
+@dataclass
+class TransformerLMConfig:
+    """The shape and regularization of a :class:`lmtut.TransformerLM`; checked at construction."""
+
+    vocab_size: int | None = None  # the tokenizer's; None until it is known (a recipe names no vocabulary)
+    d_model: int = 384
+    num_layers: int = 12
+    num_attn_heads: int = 6
+    d_inner: int = 1536
+    max_sequence_length: int = 256
+    dropout: float = 0.2  # on each sublayer's output (the seed's attn_layer_dropout); default of the next two
+    attn_dropout: float | None = None  # on the attention weights (the seed's attn_score_dropout)
+    emb_dropout: float | None = None  # on the embeddings plus positions (the seed's embedding_dropout)
+    ffn_dropout: float = 0.0  # inside the feed-forward network, after its activation
+    tie_weights: bool = True  # the softmax layer's weight is the embedding matrix (Press & Wolf, 2017)
+    pre_norm: bool = True  # LayerNorm before each sublayer (False: after the residual add, as in Vaswani et al.)
+    positions: str = "sinusoidal"  # or "learned"
+    activation: str = "relu"  # or "gelu"
+    classifier_layers: int = 1  # hidden layers of the token classifier, plus one
+    vocab_multiple: int = 8  # the softmax layer's rows are the vocabulary rounded up to a multiple of this
+
+    def __post_init__(self) -> None:
+        if self.attn_dropout is None:
+            self.attn_dropout = self.dropout
+        if self.emb_dropout is None:
+            self.emb_dropout = self.dropout
+        positive = ["d_model", "num_layers", "num_attn_heads", "d_inner", "max_sequence_length",
+                    "classifier_layers", "vocab_multiple"] + (["vocab_size"] if self.vocab_size is not None else [])
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.d_model % self.num_attn_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by num_attn_heads ({self.num_attn_heads})")
+        for name in ("dropout", "attn_dropout", "emb_dropout", "ffn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """The rows of the embedding and softmax layers: ``vocab_size`` rounded up to ``vocab_multiple``."""
+        if self.vocab_size is None:
+            raise ValueError("vocab_size is not set: build the model with config.with_vocab(tokenizer.vocab_size)")
+        return round_up(self.vocab_size, self.vocab_multiple)
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.num_attn_heads
+
+    def with_vocab(self, vocab_size: int) -> "TransformerLMConfig":
+        """A copy with the tokenizer's vocabulary size filled in."""
+        return replace(self, vocab_size=vocab_size)

@@ -1,0 +1,129 @@
+"""Chapter 6: one run configuration, and the named recipes (presets) that override it.
+
+A run is configured by one :class:`RunConfig` made of three dataclasses, each owning its defaults and checks:
+:class:`lmtut.TransformerLMConfig` (the model), :class:`lmtut.TrainConfig` (optimization and the loop's schedule)
+and :class:`lmtut.DataConfig` (the corpus and how it is scored). Every setting has one name, unique across the
+three, so that a recipe is a flat dictionary of overrides and the command line is ``--name value``.
+
+``make_config("cpu-demo", max_steps=50)`` builds what ``python -m lmtut.train --preset cpu-demo --max_steps 50``
+builds: the book's chapters, the benchmarks and the command line read their recipes from here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from lmtut.datasets import DataConfig
+from lmtut.model_config import TransformerLMConfig
+from lmtut.trainer import TrainConfig
+
+#: The three parts of a run's configuration.
+SECTIONS: dict[str, type] = {"model": TransformerLMConfig, "train": TrainConfig, "data": DataConfig}
+#: Settings that are not set by hand: the vocabulary size comes from the tokenizer.
+DERIVED = ("vocab_size",)
+
+#: Named recipes: partial overrides of the defaults, by setting name.
+PRESETS: dict[str, dict[str, Any]] = {
+    # A few minutes on a 2-core CPU: a small model trained on a step budget, never full epochs.
+    "cpu-demo": dict(d_model=128, num_layers=2, num_attn_heads=4, d_inner=512, max_sequence_length=64,
+                     predict_last_k=32, batch_size=32, dropout=0.1, label_smoothing=0.0, optimizer_kind="adamw",
+                     lr=2e-3, weight_decay=0.01, lr_policy="cosine", warmup_ratio=0.05, max_steps=500,
+                     eval_every=250, checkpoint_every=100, log_every=25, precision="auto"),
+    # One GPU, 20 epochs (recorded on an H200: see the Results chapter).
+    "gpu-base": dict(d_model=512, num_layers=6, num_attn_heads=8, d_inner=2048, max_sequence_length=256,
+                     predict_last_k=64, batch_size=32, dropout=0.3, label_smoothing=0.1, optimizer_kind="adamw",
+                     lr=5e-4, weight_decay=0.1, beta2=0.98, lr_policy="cosine", warmup_ratio=0.05,
+                     num_epochs=20, eval_every=1000, checkpoint_every=1000, log_every=100, precision="auto",
+                     vocab_multiple=128),
+    # The seed tutorial's defaults; its 50,000-step cosine schedule now ends with the run.
+    "nemo": dict(d_model=384, num_layers=12, num_attn_heads=6, d_inner=1536, max_sequence_length=256,
+                 predict_last_k=16, batch_size=32, dropout=0.2, label_smoothing=0.1, optimizer_kind="novograd",
+                 lr=0.002, beta1=0.95, beta2=0.25, weight_decay=0.0, lr_policy="cosine",
+                 warmup_ratio=0.02, max_steps=50_000, eval_every=1000, checkpoint_every=1000, log_every=100),
+}
+
+#: The seed's (NeMo 0.x ``transformer_lm.py``) flag names, and earlier lmtut names, accepted as aliases.
+SEED_ALIASES: dict[str, str] = {
+    "max_seq_length": "max_sequence_length",
+    "attn_layer_dropout": "dropout",
+    "attn_score_dropout": "attn_dropout",
+    "embedding_dropout": "emb_dropout",
+    "iter_per_step": "batches_per_step",
+    "lr_warmup_proportion": "warmup_ratio",
+    "amp_opt_level": "precision",
+    "eval_freq": "eval_every",
+    "save_step_freq": "checkpoint_every",
+    "checkpoint_save_freq": "checkpoint_every",
+    "loss_log_freq": "log_every",
+}
+#: The seed's flags that lmtut does not take, and what replaced each.
+RETIRED_SEED_FLAGS: dict[str, str] = {
+    "interactive": "sample from a checkpoint with python -m lmtut.generate CHECKPOINT --prompt TEXT",
+    "beam_size": "lmtut samples (python -m lmtut.generate --temperature, --top_k); it has no beam search",
+    "tokenizer_model": "the vocabulary is built from the training split (vocab.txt in the data folder)",
+    "save_epoch_freq": "checkpoints are counted in steps: --checkpoint_every",
+    "train_dataset": "the splits are WikiText-2's train.txt, valid.txt and test.txt in --data_dir",
+    "eval_dataset": "the splits are WikiText-2's train.txt, valid.txt and test.txt in --data_dir",
+    "local_rank": "torchrun sets LOCAL_RANK in the environment; lmtut reads it there",
+}
+
+
+def setting_sections() -> dict[str, str]:
+    """Every setting's name -> the section that owns it (``model``, ``train``, ``data``); ``work_dir`` -> ``run``."""
+    owners = {"work_dir": "run"}
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            if f.name in owners:
+                raise TypeError(f"setting {f.name!r} is defined twice ({owners[f.name]} and {section})")
+            if f.name not in DERIVED:
+                owners[f.name] = section
+    return owners
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run is made of: model, training and data settings, and its work dir."""
+
+    model: TransformerLMConfig = field(default_factory=TransformerLMConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    work_dir: str = "runs/lm"
+    preset: str | None = None
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by name (the form of a recipe and of the command line)."""
+        values = {"work_dir": self.work_dir}
+        for section in SECTIONS:
+            values.update({k: v for k, v in asdict(getattr(self, section)).items() if k not in DERIVED})
+        return values
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict, by section (``config.json`` and checkpoints)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        return cls(**{s: c(**d.get(s, {})) for s, c in SECTIONS.items()},
+                   work_dir=d.get("work_dir", cls.work_dir), preset=d.get("preset"))
+
+
+def make_config(preset: str | None = None, base: RunConfig | None = None, **overrides: Any) -> RunConfig:
+    """The defaults (or ``base``), then the preset's overrides, then ``overrides``, checked; see :data:`PRESETS`."""
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+    owners = setting_sections()
+    overrides = {SEED_ALIASES.get(k, k): v for k, v in overrides.items()}
+    unknown = sorted(set(overrides) - set(owners))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)}; the settings are {', '.join(sorted(owners))}")
+    values = base.flat() if base is not None else {}
+    values.update(PRESETS.get(preset, {}))
+    values.update(overrides)
+    by_section: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for name, value in values.items():
+        if owners[name] != "run":
+            by_section[owners[name]][name] = value
+    return RunConfig(**{s: c(**by_section[s]) for s, c in SECTIONS.items()},
+                     work_dir=values.get("work_dir", RunConfig.work_dir),
+                     preset=preset or (base.preset if base is not None else None))
