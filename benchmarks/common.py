@@ -16,17 +16,27 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from lmtut import LanguageModelingDataset, WordTokenizer  # noqa: E402
+from lmtut import LanguageModelingDataset, RunConfig, WordTokenizer, make_config  # noqa: E402
+from lmtut import default_device  # noqa: E402,F401  (the benchmarks' import)
+from lmtut.device import describe_device as device_name  # noqa: E402,F401  (the benchmarks' import)
 from lmtut.tokenizer import SPECIAL_TOKENS as SPECIALS  # noqa: E402
-from lmtut.train import describe_device as device_name  # noqa: E402,F401  (the benchmarks' import)
 
 WIKITEXT2_VOCAB = 33_280  # WordTokenizer.vocab_size of WikiText-2 (chapter 2): its word types and the specials
 
-#: model and batch shapes; "gpu-base" and "cpu-demo" are lmtut.train's presets
-SHAPES = {
-    "gpu-base": dict(d_model=512, num_layers=6, num_attn_heads=8, d_inner=2048, max_sequence_length=256, batch_size=32),
-    "cpu-demo": dict(d_model=128, num_layers=2, num_attn_heads=4, d_inner=512, max_sequence_length=64, batch_size=32),
-}
+#: the presets of lmtut.recipes whose model and batch shapes the benchmarks time
+SHAPES = ("cpu-demo", "gpu-base")
+
+
+def shape_config(shape: str, **overrides) -> RunConfig:
+    """The preset's run configuration: the same model and batch that ``lmtut.train --preset SHAPE`` trains."""
+    return make_config(shape, **overrides)
+
+
+def describe_shape(config: RunConfig) -> dict:
+    """The figures that set a step's cost: the model's shape and the batch."""
+    m = config.model
+    return dict(d_model=m.d_model, num_layers=m.num_layers, num_attn_heads=m.num_attn_heads, d_inner=m.d_inner,
+                max_sequence_length=m.max_sequence_length, batch_size=config.train.batch_size)
 
 
 def synthetic_dataset(seq_len: int, windows: int, vocab_size: int = WIKITEXT2_VOCAB,

@@ -23,23 +23,23 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from common import (SHAPES, default_shape, device_name, peak_memory_bytes, reset_peak_memory, seconds_per_step,
-                    synthetic_dataset, write_json)
+from common import (SHAPES, default_device, default_shape, device_name, peak_memory_bytes, reset_peak_memory,
+                    seconds_per_step, shape_config, synthetic_dataset, write_json)
 from lmtut import TransformerLM
 
 VARIANTS = ("log-probs", "cross-entropy", "chunked")
 
 
 def measure(variant: str, shape: str, steps: int, rounds: int, chunk: int) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dims = dict(SHAPES[shape])
-    batch, seq = dims.pop("batch_size"), dims["max_sequence_length"]
+    device = default_device()
+    config = shape_config(shape)
+    batch, seq = config.train.batch_size, config.model.max_sequence_length
     ds = synthetic_dataset(seq, batch)
     ids, _, labels = (torch.stack(t).to(device) for t in zip(*(ds[i] for i in range(batch))))
     torch.manual_seed(0)
-    model = TransformerLM(ds.tokenizer.vocab_size, dropout=0.1, **dims).to(device)
+    model = TransformerLM(config.model.with_vocab(ds.tokenizer.vocab_size)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    head, pad = model.classifier.last, ds.tokenizer.pad_id
+    head, pad = model.classifier.last, ds.pad_id
 
     def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(head(h).float(), y, ignore_index=pad, reduction="sum")
@@ -70,7 +70,7 @@ def measure(variant: str, shape: str, steps: int, rounds: int, chunk: int) -> di
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shape", choices=sorted(SHAPES))
+    p.add_argument("--shape", choices=SHAPES)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--chunk", type=int, default=512, help="tokens per chunk of the chunked variant")
@@ -80,7 +80,7 @@ def main() -> int:
     args = p.parse_args()
     if args.quick:
         args.steps, args.rounds = 1, 1
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     shape = args.shape or default_shape(device)
     if args.child:
         print(json.dumps(measure(args.child, shape, args.steps, args.rounds, args.chunk)))
@@ -97,7 +97,8 @@ def main() -> int:
     memory = "peak CUDA memory" if device.type == "cuda" else "peak RSS"
     print(f"{device_name(device)}, torch {torch.__version__}, {shape} shapes, chunks of {args.chunk} tokens")
     for r in rows:
-        print(f"{r['variant']:<14} {r['tokens_per_s']:>9,.0f} tokens/s  {memory} {r['peak_memory_bytes'] / 2**20:>7,.0f} MiB")
+        mib = r["peak_memory_bytes"] / 2**20
+        print(f"{r['variant']:<14} {r['tokens_per_s']:>9,.0f} tokens/s  {memory} {mib:>7,.0f} MiB")
     write_json(args.json, {"device": device_name(device), "torch": torch.__version__, "shape": shape,
                            "chunk": args.chunk, "variants": rows})
     return 0

@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from common import (SHAPES, default_shape, device_name, peak_memory_bytes, reset_peak_memory, sync,
-                    synthetic_dataset, write_json)
+from common import (SHAPES, default_device, default_shape, describe_shape, device_name, peak_memory_bytes,
+                    reset_peak_memory, shape_config, sync, synthetic_dataset, write_json)
 from lmtut import Callback, TrainConfig, Trainer, TransformerLM
 from lmtut.precision import PRECISIONS, cpu_supports_bf16
 
@@ -40,12 +40,12 @@ class Clock(Callback):
 
 def measure(mode: str, shape: str, steps: int, warmup: int) -> dict:
     """Train ``warmup + steps`` steps in ``mode``; tokens/s over the last ``steps``."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dims = dict(SHAPES[shape])
-    batch, seq = dims.pop("batch_size"), dims["max_sequence_length"]
+    device = default_device()
+    config = shape_config(shape)
+    batch, seq = config.train.batch_size, config.model.max_sequence_length
     dataset = synthetic_dataset(seq, (warmup + steps) * batch)
     torch.manual_seed(0)
-    model = TransformerLM(dataset.tokenizer.vocab_size, dropout=0.1, **dims)
+    model = TransformerLM(config.model.with_vocab(dataset.tokenizer.vocab_size))
     clock = Clock(warmup)
     cfg = TrainConfig(batch_size=batch, max_steps=warmup + steps, lr=1e-4, precision=mode, sync_every=warmup + steps)
     trainer = Trainer(model, dataset, cfg, callbacks=[clock], device=device).train()
@@ -58,7 +58,7 @@ def measure(mode: str, shape: str, steps: int, warmup: int) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shape", choices=sorted(SHAPES), help="model and batch shapes (default: by device)")
+    p.add_argument("--shape", choices=SHAPES, help="model and batch shapes (default: by device)")
     p.add_argument("--steps", type=int, default=30, help="timed steps per mode")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     p.add_argument("--quick", action="store_true", help="3 timed steps after 1 warm-up step")
@@ -66,7 +66,7 @@ def main() -> int:
     p.add_argument("--modes", nargs="+", choices=PRECISIONS, help="default: every mode this device runs natively")
     p.add_argument("--child", metavar="MODE", help=argparse.SUPPRESS)  # one mode, in this process
     args = p.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     shape = args.shape or default_shape(device)
     steps, warmup = (3, 1) if args.quick else (args.steps, args.warmup)
     if args.child:
@@ -77,7 +77,8 @@ def main() -> int:
     if args.modes is None and "amp-fp16" not in modes:
         print("amp-fp16 left out: this device has no native float16 math (it would be emulated, many times slower; "
               "--modes amp-fp16 runs it anyway)")
-    print(f"{device_name(device)}, torch {torch.__version__}, shapes {shape} {SHAPES[shape]}, {steps} timed steps")
+    dims = describe_shape(shape_config(shape))
+    print(f"{device_name(device)}, torch {torch.__version__}, shapes {shape} {dims}, {steps} timed steps")
     rows = []
     for mode in modes:
         cmd = [sys.executable, __file__, "--child", mode, "--shape", shape, "--steps", str(steps),
@@ -95,7 +96,7 @@ def main() -> int:
         print(f"{r['precision']:<10} {r['tokens_per_s']:>10,.0f} {r['speedup_vs_fp32']:>7.2f}x {r['step_ms']:>8.1f} "
               f"{r['peak_memory_bytes'] / 2**20:>13,.0f} MiB {r['skipped_steps']:>8} {r['final_loss']:>7.3f}")
     write_json(args.json, {"device": device_name(device), "torch": torch.__version__, "shape": shape,
-                           "dims": SHAPES[shape], "steps": steps, "warmup": warmup, "modes": rows})
+                           "dims": dims, "steps": steps, "warmup": warmup, "modes": rows})
     return 0
 
 

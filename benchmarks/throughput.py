@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import (SHAPES, default_shape, device_name, peak_memory_bytes, reset_peak_memory, seconds_per_step,
-                    sync, synthetic_dataset, write_json)
-from lmtut import TrainConfig, Trainer, TransformerLM
+from common import (SHAPES, default_device, default_shape, describe_shape, device_name, peak_memory_bytes,
+                    reset_peak_memory, seconds_per_step, shape_config, sync, synthetic_dataset, write_json)
+from lmtut import TrainConfig, Trainer, TransformerLM, TransformerLMConfig
 from lmtut.encoder import sinusoidal_positions
 from lmtut.precision import Precision
 
@@ -35,9 +35,10 @@ PEAK_BF16 = {"H100 SXM": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H200"
 class ReferenceLM(nn.Module):
     """A causal Transformer LM from stock PyTorch modules: what a reader could write without this book."""
 
-    def __init__(self, vocab: int, d_model: int, num_layers: int, num_attn_heads: int, d_inner: int,
-                 max_sequence_length: int, dropout: float):
+    def __init__(self, vocab: int, config: TransformerLMConfig):
         super().__init__()
+        d_model, num_attn_heads, dropout = config.d_model, config.num_attn_heads, config.dropout
+        d_inner, num_layers, max_sequence_length = config.d_inner, config.num_layers, config.max_sequence_length
         self.embedding = nn.Embedding(vocab, d_model)
         self.register_buffer("positions", sinusoidal_positions(max_sequence_length, d_model), persistent=False)
         layer = nn.TransformerEncoderLayer(d_model, num_attn_heads, d_inner, dropout, batch_first=True, norm_first=True)
@@ -67,36 +68,38 @@ def peak_flops(name: str) -> tuple[float | None, str | None]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shape", choices=sorted(SHAPES), help="model and batch shapes (default: by device)")
+    p.add_argument("--shape", choices=SHAPES, help="model and batch shapes (default: by device)")
     p.add_argument("--precision", default="fp32", help="fp32, amp-bf16, amp-fp16 (both sides)")
     p.add_argument("--steps", type=int, default=6, help="steps per side per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="2 rounds of 2 steps after 1 warm-up step")
     p.add_argument("--compile", action="store_true", help="torch.compile lmtut's model")
-    p.add_argument("--vocab-multiple", type=int, default=8, help="pad the vocabulary to a multiple of this")
+    p.add_argument("--vocab-multiple", type=int, default=None,
+                   help="pad the vocabulary to a multiple of this (default: the preset's)")
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args()
     if args.quick:
         args.steps, args.rounds, args.warmup = 2, 2, 1
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     shape = args.shape or default_shape(device)
-    dims = dict(SHAPES[shape])
-    batch, seq = dims.pop("batch_size"), dims["max_sequence_length"]
+    config = shape_config(shape, **({"vocab_multiple": args.vocab_multiple} if args.vocab_multiple else {}))
+    batch, seq = config.train.batch_size, config.model.max_sequence_length
     dataset = synthetic_dataset(seq, batch)
     vocab = dataset.tokenizer.vocab_size
-    padded = args.vocab_multiple * math.ceil(vocab / args.vocab_multiple)
+    model_config = config.model.with_vocab(vocab)
+    padded = model_config.padded_vocab_size
     ids, _, labels = (torch.stack(t) for t in zip(*(dataset[i] for i in range(batch))))
 
     torch.manual_seed(0)
-    ours = TransformerLM(vocab, dropout=0.1, padded_vocab_size=padded, **dims)
+    ours = TransformerLM(model_config)
     cfg = TrainConfig(batch_size=batch, max_steps=10**9, lr=1e-4, precision=args.precision, compile=args.compile,
                       sync_every=10**9)
     trainer = Trainer(ours, dataset, cfg, device=device)
     trainer.train_model.train()
 
     torch.manual_seed(0)
-    ref = ReferenceLM(padded, dropout=0.1, **dims).to(device).train()
+    ref = ReferenceLM(padded, model_config).to(device).train()
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-4)
     precision = Precision.of(args.precision, device)
     ref_scaler = precision.grad_scaler()
@@ -133,7 +136,7 @@ def main() -> int:
     peak, peak_name = peak_flops(name) if device.type == "cuda" else (None, None)
     mfu = ours_tps * model_flops_per_token(ours) / peak if peak else None
     counts = ours.parameter_counts()
-    print(f"{name}, torch {torch.__version__}, {shape} shapes {SHAPES[shape]}, vocabulary {vocab:,} padded to "
+    print(f"{name}, torch {torch.__version__}, {shape} shapes {describe_shape(config)}, vocabulary {vocab:,} padded to "
           f"{padded:,}, precision {trainer.precision.name}" + (", torch.compile" if args.compile else ""))
     print(f"lmtut      {ours_tps:>10,.0f} tokens/s  {counts['total']:>12,} parameters (tied)")
     print(f"reference  {ref_tps:>10,.0f} tokens/s  {sum(p.numel() for p in ref.parameters()):>12,} parameters (untied)")

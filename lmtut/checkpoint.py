@@ -1,7 +1,8 @@
 """Chapter 6: checkpoints that survive crashes and load safely.
 
 A checkpoint is written to ``NAME.part``, flushed to disk, and renamed over ``NAME`` in one atomic step
-(``lmtut.files.atomic_open``), so a crash while saving never destroys the last good checkpoint. Files are ``ckpt-step0001234.pt``; the newest K are kept.
+(``lmtut.files.atomic_open``), so a crash while saving never destroys the last good checkpoint. Files are
+``ckpt-step0001234.pt``; the newest K are kept.
 Loading uses ``torch.load(weights_only=True)``: only tensors and plain Python containers, never arbitrary code.
 """
 

@@ -37,7 +37,8 @@ def init_distributed(device_type: str | None = None) -> tuple[DistInfo, torch.de
     """Join the process group when launched by torchrun; return (rank info, this process's device).
 
     The device type defaults to :func:`lmtut.default_device`'s (``LMTUT_DEVICE=cpu`` trains on CPUs with Gloo on a
-    GPU machine). The backend follows the device: ``nccl`` for CUDA (one GPU per process, ``cuda:LOCAL_RANK``), ``gloo`` for CPU.
+    GPU machine). The backend follows the device: ``nccl`` for CUDA (one GPU per process, ``cuda:LOCAL_RANK``),
+    ``gloo`` for CPU.
     """
     device_type = device_type or default_device().type
     if not launched_by_torchrun():

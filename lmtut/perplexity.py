@@ -16,7 +16,8 @@ from lmtut.loss import summed_nll
 
 
 @torch.no_grad()
-def evaluate_perplexity(model: nn.Module, dataset: LanguageModelingDataset, batch_size: int = 32) -> tuple[float, float]:
+def evaluate_perplexity(model: nn.Module, dataset: LanguageModelingDataset,
+                        batch_size: int = 32) -> tuple[float, float]:
     """(mean negative log-likelihood in nats, perplexity) over every scored label of ``dataset``, unsmoothed."""
     was_training = model.training
     model.eval()

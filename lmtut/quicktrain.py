@@ -1,8 +1,8 @@
 """Chapters 3 to 5: a short training run, for side-by-side experiments that fit a laptop CPU's budget.
 
 ``quick_train`` is the smallest honest training loop: AdamW, linear warmup, gradient clipping, a seeded shuffle,
-and validation perplexity measured the right way (``evaluate_perplexity``: unsmoothed, each scored token once). Chapter 6
-replaces it with the full ``Trainer`` (schedules, accumulation, callbacks, checkpoints).
+and validation perplexity measured the right way (``evaluate_perplexity``: unsmoothed, each scored token once).
+Chapter 6 replaces it with the full ``Trainer`` (schedules, accumulation, callbacks, checkpoints).
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def quick_train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup_steps))
     batches = itertools.chain.from_iterable(
-        LanguageModelingDataLayer(train, batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed + epoch))
+        LanguageModelingDataLayer(train, batch_size, shuffle=True,
+                                  generator=torch.Generator().manual_seed(seed + epoch))
         for epoch in itertools.count()
     )
     history: dict[str, list[float]] = {"step": [], "train_loss": [], "eval_step": [], "valid_ppl": []}

@@ -345,8 +345,8 @@ class Trainer:
             return
         if bool(self._nonfinite):
             raise TrainingDiverged(
-                f"the loss became NaN or infinite by step {step or self.step}: training diverged. Lower --lr, lengthen the "
-                "warmup or set --clip_grad_norm; resume from the last checkpoint with --resume"
+                f"the loss became NaN or infinite by step {step or self.step}: training diverged. Lower --lr, "
+                "lengthen the warmup or set --clip_grad_norm; resume from the last checkpoint with --resume"
             )
 
     def train(self, resume: bool = False) -> "Trainer":

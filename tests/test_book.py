@@ -3,7 +3,8 @@
 The book is built into a temporary folder with warnings as errors. Every page is opened in the system's Chromium
 (Debian's ``chromium``, driven by Playwright without a browser download): no console errors, every image loaded,
 every internal link resolves (file and anchor), math typeset by MathJax, an exercise's solution opens on a click,
-and the search page finds "label smoothing". Screenshots of a few pages go to ``_build/screenshots/`` for a person to look at.
+and the search page finds "label smoothing". Screenshots of a few pages go to ``_build/screenshots/`` for a person
+to look at.
 
 Without Chromium the browser test is skipped with a reason, unless ``LMTUT_REQUIRE_BROWSER=1`` (set by ``.ci/run``,
 which installs Chromium) makes that a failure.
@@ -134,7 +135,8 @@ def browser():
     chromium = find_chromium()
     if chromium is None:
         if os.environ.get("LMTUT_REQUIRE_BROWSER") == "1":
-            pytest.fail("LMTUT_REQUIRE_BROWSER=1 but no Chromium found (apt-get install chromium, or set LMTUT_CHROMIUM)")
+            pytest.fail("LMTUT_REQUIRE_BROWSER=1 but no Chromium found "
+                        "(apt-get install chromium, or set LMTUT_CHROMIUM)")
         pytest.skip("no Chromium on this machine (apt-get install chromium, or set LMTUT_CHROMIUM)")
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:

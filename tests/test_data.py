@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lmtut import data
-from lmtut.data import SHA256, DataError, corpus_statistics, download_wikitext2
+from lmtut import corpus as data
+from lmtut.corpus import SHA256, DataError, corpus_statistics, download_wikitext2
+from lmtut.data import main as data_main
 
 NAMES = list(SHA256)
 
@@ -83,7 +84,8 @@ def test_http_mirror_downloads_verifies_and_is_idempotent(tmp_path, server, offl
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "truncated"])
-def test_bad_file_is_rejected_and_nothing_unverified_is_left(tmp_path, server, offline_fallbacks, wikitext2_dir, damage):
+def test_bad_file_is_rejected_and_nothing_unverified_is_left(tmp_path, server, offline_fallbacks, wikitext2_dir,
+                                                             damage):
     www, base, _ = server
     _publish(wikitext2_dir, www / "wt2")
     raw = bytearray((www / "wt2" / "valid.txt").read_bytes())
@@ -128,7 +130,8 @@ def test_zip_fallback_extracts_and_renames(tmp_path, server, offline_fallbacks, 
 
 
 @pytest.mark.parametrize("evil", ["../evil.txt", "wikitext-2/../../evil.txt", "/tmp/evil-lmtut.txt"])
-def test_zip_with_path_traversal_member_is_refused(tmp_path, server, offline_fallbacks, monkeypatch, wikitext2_dir, evil):
+def test_zip_with_path_traversal_member_is_refused(tmp_path, server, offline_fallbacks, monkeypatch, wikitext2_dir,
+                                                   evil):
     www, base, _ = server
     _make_zip(www / "w.zip", {evil: b"gotcha"} | _zip_members(wikitext2_dir))
     monkeypatch.setattr(data, "WIKITEXT2_ZIP_URL", base + "/w.zip")
@@ -162,9 +165,9 @@ def test_unwritable_root(tmp_path):
 
 
 def test_cli_prints_folder_or_one_line_error(tmp_path, offline_fallbacks, wikitext2_dir, capsys):
-    assert data.main(["download", "--root", str(tmp_path), "--url", str(wikitext2_dir)]) == 0
+    assert data_main(["download", "--root", str(tmp_path), "--url", str(wikitext2_dir)]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "wikitext-2")
-    assert data.main(["download", "--root", str(tmp_path / "other"), "--url", str(tmp_path / "nowhere")]) == 1
+    assert data_main(["download", "--root", str(tmp_path / "other"), "--url", str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: could not get verified WikiText-2 files") and "Traceback" not in "".join(err)
 

@@ -14,9 +14,9 @@ import torch
 from lmtut.checkpoint import list_checkpoints
 from lmtut.distributed import DistInfo, init_distributed, world
 
-from test_training import TINY, corpus  # noqa: F401  (fixture)
+from helpers import TINY
 
-ARGS = TINY + ["--dropout", "0", "--loss_log_freq", "1", "--max_steps", "6"]  # 4 windows a step: 2 per rank
+ARGS = TINY + ["--dropout", "0", "--log_every", "1", "--max_steps", "6"]  # 4 windows a step: 2 per rank
 
 
 def launch(corpus: Path, work_dir: Path, nproc: int, *extra: str) -> subprocess.CompletedProcess:

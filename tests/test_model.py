@@ -14,9 +14,14 @@ from lmtut.encoder import sinusoidal_positions
 V, D, LAYERS, HEADS, INNER, T = 50, 32, 2, 4, 64, 12
 
 
+def config(**kw) -> TransformerLMConfig:
+    return TransformerLMConfig(**(dict(vocab_size=V, d_model=D, num_layers=LAYERS, num_attn_heads=HEADS,
+                                       d_inner=INNER, max_sequence_length=T) | kw))
+
+
 def tiny(**kw) -> TransformerLM:
     torch.manual_seed(0)
-    return TransformerLM(V, D, LAYERS, HEADS, INNER, T, **kw).eval()
+    return TransformerLM(config(**kw)).eval()
 
 
 def test_reference_attention_matches_sdpa():
@@ -27,12 +32,13 @@ def test_reference_attention_matches_sdpa():
     assert torch.allclose(weights.sum(-1), torch.ones(2, HEADS, T, dtype=torch.float64))
     assert torch.all(weights.triu(1) == 0)  # nothing from the future
     mask = attention_mask(torch.rand(2, T) > 0.3, T, q.device)
-    assert torch.allclose(attention_reference(q, k, v, mask)[0], F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.allclose(attention_reference(q, k, v, mask)[0], expected)
 
 
 def test_attention_module_matches_nn_multihead_attention():
     torch.manual_seed(0)
-    ours = CausalSelfAttention(D, HEADS).double()
+    ours = CausalSelfAttention(config(dropout=0.0)).double()
     theirs = nn.MultiheadAttention(D, HEADS, batch_first=True).double()
     with torch.no_grad():
         theirs.in_proj_weight.copy_(ours.qkv.weight)
@@ -42,9 +48,21 @@ def test_attention_module_matches_nn_multihead_attention():
     x = torch.randn(2, T, D, dtype=torch.float64)
     future = torch.ones(T, T, dtype=torch.bool).triu(1)  # nn.MultiheadAttention masks where True
     expected, expected_weights = theirs(x, x, x, attn_mask=future)
-    assert torch.allclose(ours(x), expected, atol=1e-12)
-    # nn.MultiheadAttention averages the weights over heads
-    assert torch.allclose(ours.attention_weights(x).mean(1), expected_weights, atol=1e-12)
+    out, none = ours(x)
+    assert torch.allclose(out, expected, atol=1e-12) and none is None
+    # asked for its weights, the module computes with the reference math: the same output, and the weights
+    # (nn.MultiheadAttention averages them over heads)
+    out, weights = ours(x, need_weights=True)
+    assert torch.allclose(out, expected, atol=1e-12)
+    assert torch.allclose(weights.mean(1), expected_weights, atol=1e-12)
+
+
+def test_the_model_returns_its_attention_maps():
+    model = tiny()
+    x = torch.randint(0, V, (2, T))
+    states, maps = model.encoder(x, need_weights=True)
+    assert torch.allclose(states, model.encoder(x), atol=1e-6) and len(maps) == LAYERS
+    assert maps[0].shape == (2, HEADS, T, T) and torch.all(maps[-1].triu(1) == 0)
 
 
 def test_output_is_log_probabilities_over_the_padded_vocabulary():
@@ -118,16 +136,21 @@ def test_sinusoidal_positions():
     "kw, message",
     [
         ({"num_attn_heads": 5}, r"d_model \(32\) must be divisible by num_attn_heads \(5\)"),
-        ({"padded_vocab_size": 40}, r"model's vocabulary \(40\) is smaller than the tokenizer's \(50\)"),
+        ({"vocab_multiple": 0}, "vocab_multiple must be a positive integer"),
         ({"dropout": 1.0}, r"dropout must lie in \[0, 1\)"),
         ({"positions": "rotary"}, "positions must be"),
         ({"num_layers": 0}, "num_layers must be a positive integer"),
     ],
 )
 def test_bad_configuration(kw, message):
-    args = dict(vocab_size=V, d_model=D, num_layers=LAYERS, num_attn_heads=HEADS, d_inner=INNER, max_sequence_length=T)
     with pytest.raises(ValueError, match=message):
-        TransformerLM(**(args | kw))
+        config(**kw)
+
+
+def test_a_model_needs_its_vocabulary():
+    with pytest.raises(ValueError, match="no vocab_size"):
+        TransformerLM(TransformerLMConfig())
+    assert TransformerLMConfig().with_vocab(V).padded_vocab_size == 56
 
 
 def test_sequence_longer_than_positions():
@@ -135,9 +158,10 @@ def test_sequence_longer_than_positions():
         tiny()(torch.zeros(1, T + 1, dtype=torch.long))
 
 
-def test_from_config_and_classifier_logits():
-    model = TransformerLM.from_config(TransformerLMConfig(vocab_size=V, d_model=D, num_layers=1, num_attn_heads=2, d_inner=INNER))
+def test_config_defaults_and_classifier_logits():
+    model = TransformerLM(TransformerLMConfig(vocab_size=V, d_model=D, num_layers=1, num_attn_heads=2, d_inner=INNER))
     assert model.config.padded_vocab_size == 56 and model.config.attn_dropout == 0.2
+    assert TransformerLMConfig(vocab_size=V, vocab_multiple=128).padded_vocab_size == 128
     head = TokenClassifier(D, 10, num_layers=2, log_softmax=False)
     h = torch.randn(2, 3, D)
     logits = head(h)

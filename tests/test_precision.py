@@ -7,12 +7,13 @@ import json
 import pytest
 import torch
 
-from lmtut import Callback, LanguageModelDataDesc, LanguageModelingDataset, TrainConfig, Trainer, TrainingDiverged
-from lmtut import TransformerLM, WordTokenizer
+import lmtut.train as train_cli
+from lmtut import (CheckpointCallback, LanguageModelingDataset, MetricsWriterCallback, SimpleLossLoggerCallback,
+                   TrainConfig, Trainer, TrainingDiverged)
 from lmtut.checkpoint import list_checkpoints, load_checkpoint
 from lmtut.precision import Precision, cpu_supports_bf16, resolve_precision
 
-from test_training import Recorder, corpus, tiny_model, tokenizer  # noqa: F401  (fixtures)
+from helpers import TINY, Recorder, tiny_model
 
 FP16_ON_CPU = torch.amp.autocast_mode.is_autocast_available("cpu")
 
@@ -72,10 +73,9 @@ def fp16_trainer(tokenizer, corpus, work_dir=None, callbacks=(), max_steps=8):
 
 @pytest.mark.skipif(not FP16_ON_CPU, reason="this PyTorch has no float16 autocast on CPU")
 def test_fp16_scaler_skips_overflow_and_resumes_exactly(tokenizer, corpus, tmp_path):
-    from lmtut import CheckpointCallback, SimpleLossLoggerCallback
-
     whole = Recorder()
-    straight = fp16_trainer(tokenizer, corpus, tmp_path / "a", [whole, SimpleLossLoggerCallback(2, False)]).train()
+    straight = fp16_trainer(tokenizer, corpus, tmp_path / "a", [whole, SimpleLossLoggerCallback(2, False),
+                                                                 MetricsWriterCallback()]).train()
     assert straight.skipped_steps > 0  # 2**40 overflowed: those steps were skipped, the scale lowered
     records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert all("loss_scale" in r and "skipped_steps" in r for r in records)
@@ -103,10 +103,7 @@ def test_fp16_stops_only_after_the_scaler_gave_up(tokenizer, corpus):
 
 
 def test_cli_maps_the_seeds_amp_opt_level(corpus, tmp_path):
-    import lmtut.train as train_cli
-    from test_training import TINY
-
-    args = TINY + ["--data_dir", str(corpus), "--max_steps", "2", "--eval_freq", "2"]
+    args = TINY + ["--data_dir", str(corpus), "--max_steps", "2", "--eval_every", "2"]
     assert train_cli.main(args + ["--work_dir", str(tmp_path / "o0"), "--amp_opt_level", "O0"]) == 0
     assert json.loads((tmp_path / "o0" / "results.json").read_text())["precision"] == "fp32"
     assert train_cli.main(args + ["--work_dir", str(tmp_path / "bf16"), "--precision", "amp-bf16"]) == 0

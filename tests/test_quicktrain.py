@@ -11,6 +11,7 @@ from torch import nn
 from lmtut import (
     LanguageModelingDataset,
     TransformerLM,
+    TransformerLMConfig,
     WordTokenizer,
     build_vocab,
     evaluate_perplexity,
@@ -55,8 +56,8 @@ def test_quick_train_learns_a_repeating_pattern_and_is_seeded(tmp_path):
 
     def run():
         torch.manual_seed(0)
-        model = TransformerLM(tok.vocab_size, d_model=32, num_layers=1, num_attn_heads=2, d_inner=64,
-                              max_sequence_length=16, dropout=0.0)
+        model = TransformerLM(TransformerLMConfig(vocab_size=tok.vocab_size, d_model=32, num_layers=1,
+                                                  num_attn_heads=2, d_inner=64, max_sequence_length=16, dropout=0.0))
         return quick_train(model, train, train, steps=40, batch_size=8, lr=1e-2, eval_every=20)
 
     history = run()

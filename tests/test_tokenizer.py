@@ -8,19 +8,19 @@ import pytest
 import torch
 
 from lmtut import (
-    LanguageModelDataDesc,
     LanguageModelingDataLayer,
     LanguageModelingDataset,
     VocabError,
     WordTokenizer,
     build_vocab,
+    prepare_corpus,
 )
-from lmtut.tokenizer import write_vocab
+from lmtut.tokenizer import round_up, write_vocab
 
 
 @pytest.fixture(scope="module")
 def desc(wikitext2_dir):
-    return LanguageModelDataDesc("wikitext-2", wikitext2_dir, do_lower_case=False)
+    return prepare_corpus(wikitext2_dir, do_lower_case=False)
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +48,12 @@ def test_wikitext2_vocabulary(desc, tokenizer):
     assert tokenizer.padded_vocab_size() == 33_280 and tokenizer.padded_vocab_size(64) == 33_280
     assert tokenizer.padded_vocab_size(128) == 33_280 and tokenizer.padded_vocab_size(1024) == 33_792
     first = desc.vocab_file.read_bytes()
-    LanguageModelDataDesc("wikitext-2", desc.data_dir)  # deterministic: the same file again
+    prepare_corpus(desc.data_dir)  # deterministic: the same file again
     assert desc.vocab_file.read_bytes() == first
 
 
 def test_lower_case_vocabulary_is_smaller_and_lower(wikitext2_dir):
-    lower = LanguageModelDataDesc("wikitext-2", wikitext2_dir, do_lower_case=True)
+    lower = prepare_corpus(wikitext2_dir, do_lower_case=True)
     assert lower.train_file.name == "train.lower.txt" and lower.vocab_file.name == "vocab.lower.txt"
     words = WordTokenizer(lower.vocab_file).id_to_token
     assert 20_000 < lower.vocab_size < 33_280 and all(w == w.lower() for w in words)
@@ -71,6 +71,9 @@ def test_unknown_words_map_to_unk(tiny_tokenizer):
     assert tiny_tokenizer.encode("c a zebra") == [4, 6, 3]
     assert tiny_tokenizer.decode([4, 0, 0]) == "c"  # padding is dropped
     assert (tiny_tokenizer.vocab_size, tiny_tokenizer.padded_vocab_size()) == (7, 8)
+    assert [round_up(n, 8) for n in (1, 8, 9)] == [8, 8, 16]
+    with pytest.raises(ValueError, match="positive integer"):
+        round_up(7, 0)
 
 
 def test_encode_file_appends_eos_per_line(tmp_path, tiny_tokenizer):
@@ -98,9 +101,10 @@ def test_bad_vocab_files(tmp_path, content, message):
 
 def test_data_desc_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset 'ptb'"):
-        LanguageModelDataDesc("ptb", tmp_path)
+        prepare_corpus(tmp_path, dataset_name="ptb")
     with pytest.raises(FileNotFoundError, match="download it first"):
-        LanguageModelDataDesc("wikitext-2", tmp_path)
+        prepare_corpus(tmp_path)
+
 
 
 def scored_targets(ds: LanguageModelingDataset) -> list[int]:
@@ -155,3 +159,13 @@ def test_data_layer_batches_and_seeded_shuffle(tiny_tokenizer):
         return next(iter(LanguageModelingDataLayer(ds, batch_size=8, shuffle=True, generator=g)))[0]
 
     assert torch.equal(first_batch(1), first_batch(1)) and not torch.equal(first_batch(1), first_batch(2))
+
+
+@pytest.mark.parametrize("L, k, n", [(8, 8, 37), (8, 3, 37), (8, 1, 5), (16, 4, 16), (4, 4, 3)])
+def test_label_counts_are_the_scored_labels_of_each_window(tiny_tokenizer, L, k, n):
+    stream = torch.randint(4, 7, (n,), generator=torch.Generator().manual_seed(n))
+    ds = LanguageModelingDataset(tiny_tokenizer, stream, max_sequence_length=L, batch_step=k)
+    by_hand = [int((ds[i][2] != ds.pad_id).sum()) for i in range(len(ds))]
+    assert ds.label_counts().tolist() == by_hand and sum(by_hand) == ds.num_targets
+    with_pad = LanguageModelingDataset(tiny_tokenizer, torch.cat([stream, torch.tensor([0, 5])]), L, k)
+    assert with_pad.label_counts().tolist() == [int((w[2] != 0).sum()) for w in with_pad]  # a pad id in the text

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import json
 import math
-import random
 
 import pytest
 import torch
 
 from lmtut import (
-    Callback,
     CheckpointCallback,
     CheckpointError,
-    LanguageModelDataDesc,
     LanguageModelingDataset,
     NovoGrad,
     TrainConfig,
     Trainer,
     TrainingDiverged,
     TransformerLM,
-    WordTokenizer,
+    TransformerLMConfig,
     get_lr_policy,
     get_optimizer,
 )
@@ -29,41 +26,7 @@ import lmtut.generate as generate_cli
 import lmtut.train as train_cli
 from lmtut.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
 
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """A tiny corpus in the WikiText layout: 30 words, sentences with a little grammar."""
-    folder = tmp_path_factory.mktemp("tiny")
-    rng = random.Random(0)
-    nouns, verbs = [f"n{i}" for i in range(12)], [f"v{i}" for i in range(8)]
-    for split, lines in (("train", 300), ("valid", 40), ("test", 40)):
-        text = "".join(
-            " ".join(["the", rng.choice(nouns), rng.choice(verbs), "a", rng.choice(nouns), "."]) + "\n"
-            for _ in range(lines)
-        )
-        (folder / f"{split}.txt").write_text(text)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tokenizer(corpus):
-    return WordTokenizer(LanguageModelDataDesc("wikitext-2", corpus).vocab_file)
-
-
-def tiny_model(tokenizer, dropout=0.0):
-    torch.manual_seed(0)
-    return TransformerLM(tokenizer.vocab_size, d_model=16, num_layers=1, num_attn_heads=2, d_inner=32,
-                         max_sequence_length=16, dropout=dropout)
-
-
-class Recorder(Callback):
-    def __init__(self, stop_at=None):
-        self.losses, self.stop_at = {}, stop_at
-
-    def on_step_end(self, trainer, loss):
-        self.losses[trainer.step] = float(loss)
-        if trainer.step == self.stop_at:
-            raise KeyboardInterrupt  # a Ctrl-C right after this step
+from helpers import TINY, Recorder, tiny_model
 
 
 # ----------------------------------------------------------------------------------------------- LR policies
@@ -132,12 +95,12 @@ def test_accumulation_equals_one_large_batch(tokenizer, corpus):
 def test_resume_gives_the_same_losses(tokenizer, corpus, tmp_path):
     ds = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
     # 19 windows, 4 per step: 4 steps an epoch, so 10 steps cross two epoch boundaries; dropout tests the RNG.
-    cfg = TrainConfig(batch_size=4, max_steps=10, lr=1e-2, lr_warmup_proportion=0.2)
+    cfg = TrainConfig(batch_size=4, max_steps=10, lr=1e-2, warmup_ratio=0.2)
 
     def run(work_dir, stop_at=None, resume=False):
         rec = Recorder(stop_at)
         trainer = Trainer(tiny_model(tokenizer, dropout=0.3), ds, cfg, device="cpu", work_dir=work_dir,
-                          callbacks=[rec, CheckpointCallback(step_freq=4, keep=2)])
+                          callbacks=[rec, CheckpointCallback(checkpoint_every=4, keep=2)])
         try:
             trainer.train(resume=resume)
         except KeyboardInterrupt:
@@ -188,18 +151,13 @@ def test_corrupt_and_mismatched_checkpoints(tokenizer, corpus, tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
     ds = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
     small = Trainer(tiny_model(tokenizer), ds, TrainConfig(batch_size=4, max_steps=1), device="cpu")
-    other = TransformerLM(tokenizer.vocab_size, d_model=32, num_layers=1, num_attn_heads=2, d_inner=32,
-                          max_sequence_length=16)
+    other = TransformerLM(TransformerLMConfig(vocab_size=tokenizer.vocab_size, d_model=32, num_layers=1,
+                                              num_attn_heads=2, d_inner=32, max_sequence_length=16))
     with pytest.raises(CheckpointError, match="does not fit this model"):
         Trainer(other, ds, TrainConfig(batch_size=4, max_steps=1), device="cpu").load_state_dict(small.state_dict())
 
 
 # ----------------------------------------------------------------------------------------------- command lines
-
-TINY = ["--d_model", "16", "--num_layers", "1", "--num_attn_heads", "2", "--d_inner", "32",
-        "--max_sequence_length", "16", "--predict_last_k", "4", "--batch_size", "4", "--lr", "0.01",
-        "--eval_freq", "4", "--checkpoint_save_freq", "4", "--loss_log_freq", "2"]
-
 
 def test_train_evaluate_generate_cli(corpus, tmp_path, capsys):
     work = tmp_path / "run"

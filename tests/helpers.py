@@ -1,0 +1,28 @@
+"""Helpers shared by the test modules: a tiny model, a loss recorder, the tiny command-line arguments."""
+
+from __future__ import annotations
+
+import torch
+
+from lmtut import Callback, TransformerLM, TransformerLMConfig
+
+
+def tiny_model(tokenizer, dropout=0.0):
+    torch.manual_seed(0)
+    return TransformerLM(TransformerLMConfig(vocab_size=tokenizer.vocab_size, d_model=16, num_layers=1,
+                                             num_attn_heads=2, d_inner=32, max_sequence_length=16, dropout=dropout))
+
+
+class Recorder(Callback):
+    def __init__(self, stop_at=None):
+        self.losses, self.stop_at = {}, stop_at
+
+    def on_step_end(self, trainer, loss):
+        self.losses[trainer.step] = float(loss)
+        if trainer.step == self.stop_at:
+            raise KeyboardInterrupt  # a Ctrl-C right after this step
+
+
+TINY = ["--d_model", "16", "--num_layers", "1", "--num_attn_heads", "2", "--d_inner", "32",
+        "--max_sequence_length", "16", "--predict_last_k", "4", "--batch_size", "4", "--lr", "0.01",
+        "--dropout", "0.1", "--eval_every", "4", "--checkpoint_every", "4", "--log_every", "2"]
