@@ -36,9 +36,9 @@ class DataConfig:
     """Which corpus a run reads and how it is scored (the seed's ``--dataset_name``, ``--data_dir``,
     ``--do_lower_case`` and ``--predict_last_k``)."""
 
-    dataset_name: str = "wikitext-2"
+    dataset_name: str = "wikitext-2"  # the corpus (WikiText-2 is the one lmtut knows)
     data_dir: str | None = None  # None: download (or find) WikiText-2 with lmtut.download_wikitext2
-    do_lower_case: bool = False
+    do_lower_case: bool = False  # lower-case the splits first (a smaller vocabulary)
     predict_last_k: int = 32  # evaluation windows slide by k and score their last k positions
 
     def __post_init__(self) -> None:

@@ -92,26 +92,26 @@ def run(config: RunConfig, resume: bool = False, show_bar: bool = True) -> dict[
     if list_checkpoints(work_dir) and not resume:
         raise CheckpointError(f"{work_dir} already holds checkpoints; pass --resume to continue, "
                               "or choose another --work_dir")
-    rank, device = init_distributed()
-    if rank.is_main:  # rank 0 prepares the corpus first, so that ranks never write the same files at once
+    world, device = init_distributed()
+    if world.is_main:  # rank 0 prepares the corpus first, so that ranks never write the same files at once
         corpus, tokenizer = prepare(config)
     barrier()
-    if not rank.is_main:
+    if not world.is_main:
         corpus, tokenizer = prepare(config, quiet=True)
     datasets = build_datasets(config, corpus, tokenizer)
     model = build_model(config, tokenizer)
-    if rank.is_main:
+    if world.is_main:
         work_dir.mkdir(parents=True, exist_ok=True)
         (work_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     trainer = build_trainer(config, model, datasets, device, show_bar)
-    if rank.is_main:
-        print(f"device {device} ({provenance(device)['device_name']}), {rank.world_size} process(es), precision "
+    if world.is_main:
+        print(f"device {device} ({provenance(device)['device_name']}), {world.world_size} process(es), precision "
               f"{trainer.precision.name}" + (", TF32 matmuls on" if trainer.tf32 else ""), file=sys.stderr)
     start = time.perf_counter()
-    if resume and trainer.resume() and rank.is_main:
+    if resume and trainer.resume() and world.is_main:
         print(f"resumed from step {trainer.step} of {trainer.total_steps}", file=sys.stderr)
     trainer.train()
-    if not rank.is_main:
+    if not world.is_main:
         return None
     evaluator = next(cb for cb in trainer.callbacks if isinstance(cb, EvaluatorCallback))
     test_nll, test_ppl = evaluate_perplexity(trainer.model, datasets["test"], config.train.eval_batch_size)
@@ -120,7 +120,7 @@ def run(config: RunConfig, resume: bool = False, show_bar: bool = True) -> dict[
         "test_ppl": test_ppl, "test_nll": test_nll, "steps": trainer.step, "tokens": trainer.tokens_seen,
         "tokens_per_s": trainer.tokens_seen / max(trainer.train_seconds, 1e-9),
         "wall_time_s": time.perf_counter() - start,  # of this invocation, evaluation included
-        **provenance(device), "world_size": rank.world_size,
+        **provenance(device), "world_size": world.world_size,
         "precision": trainer.precision.name, "tf32": trainer.tf32, "skipped_steps": trainer.skipped_steps,
         "parameters": model.parameter_counts()["total"],
         "predict_last_k": config.data.predict_last_k, "preset": config.preset,

@@ -21,11 +21,11 @@ class TransformerLMConfig:
     """The shape and regularization of a :class:`lmtut.TransformerLM`; checked at construction."""
 
     vocab_size: int | None = None  # the tokenizer's; None until it is known (a recipe names no vocabulary)
-    d_model: int = 384
-    num_layers: int = 12
-    num_attn_heads: int = 6
-    d_inner: int = 1536
-    max_sequence_length: int = 256
+    d_model: int = 384  # width of the embeddings and hidden states
+    num_layers: int = 12  # Transformer blocks
+    num_attn_heads: int = 6  # attention heads per block (d_model must divide among them)
+    d_inner: int = 1536  # width of the feed-forward network's hidden layer
+    max_sequence_length: int = 256  # tokens a window reads (the seed's max_seq_length)
     dropout: float = 0.2  # on each sublayer's output (the seed's attn_layer_dropout); default of the next two
     attn_dropout: float | None = None  # on the attention weights (the seed's attn_score_dropout)
     emb_dropout: float | None = None  # on the embeddings plus positions (the seed's embedding_dropout)

@@ -11,6 +11,8 @@ builds: the book's chapters, the benchmarks and the command line read their reci
 
 from __future__ import annotations
 
+import inspect
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -57,6 +59,14 @@ SEED_ALIASES: dict[str, str] = {
     "checkpoint_save_freq": "checkpoint_every",
     "loss_log_freq": "log_every",
 }
+#: The arguments of the seed's ``transformer_lm.py`` (NeMo 0.x), in its order, with ``NemoArgParser``'s LR settings.
+SEED_FLAGS = ("train_dataset", "eval_dataset", "work_dir", "optimizer_kind", "amp_opt_level", "num_epochs",
+              "batch_size", "eval_batch_size", "lr", "beta1", "beta2", "weight_decay", "warmup_steps", "max_steps",
+              "iter_per_step", "eval_freq", "lr_policy", "lr_warmup_proportion", "data_dir", "dataset_name",
+              "d_model", "d_inner", "num_layers", "num_attn_heads", "embedding_dropout", "ffn_dropout",
+              "attn_score_dropout", "attn_layer_dropout", "max_seq_length", "do_lower_case", "label_smoothing",
+              "beam_size", "tokenizer_model", "predict_last_k", "save_epoch_freq", "save_step_freq", "interactive",
+              "local_rank")
 #: The seed's flags that lmtut does not take, and what replaced each.
 RETIRED_SEED_FLAGS: dict[str, str] = {
     "interactive": "sample from a checkpoint with python -m lmtut.generate CHECKPOINT --prompt TEXT",
@@ -67,6 +77,21 @@ RETIRED_SEED_FLAGS: dict[str, str] = {
     "eval_dataset": "the splits are WikiText-2's train.txt, valid.txt and test.txt in --data_dir",
     "local_rank": "torchrun sets LOCAL_RANK in the environment; lmtut reads it there",
 }
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """The comment beside each field of a dataclass's source (``name: type = default  # this``): the settings'
+    documentation, for ``--help`` and for chapter 6's table of flags."""
+    source = inspect.getsource(cls)
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+): [^#\n]*#(.*)$", source, re.M)}
+
+
+def setting_help() -> dict[str, str]:
+    """Every setting's documentation (its field's comment)."""
+    docs = {"work_dir": "where the run writes config.json, metrics, events, checkpoints and results.json"}
+    for cls in SECTIONS.values():
+        docs.update(field_comments(cls))
+    return docs
 
 
 def setting_sections() -> dict[str, str]:

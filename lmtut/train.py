@@ -15,9 +15,7 @@ events (``tensorboard/``), checkpoints (``checkpoints/``) and ``results.json``.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
-import re
 import sys
 import types
 import typing
@@ -30,16 +28,11 @@ from lmtut.corpus import DataError
 from lmtut.device import DeviceError
 from lmtut.distributed import cleanup
 from lmtut.experiment import run
-from lmtut.recipes import DERIVED, PRESETS, RETIRED_SEED_FLAGS, SECTIONS, SEED_ALIASES, RunConfig, make_config
+from lmtut.recipes import (DERIVED, PRESETS, RETIRED_SEED_FLAGS, SECTIONS, SEED_ALIASES, RunConfig, field_comments,
+                           make_config)
 from lmtut.trainer import TrainingDiverged
 
 SENTINEL = object()  # a flag that was not given
-
-
-def field_comments(cls: type) -> dict[str, str]:
-    """The comment after each field of a dataclass's source: ``name: type = default  # this``."""
-    source = inspect.getsource(cls)
-    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+): [^#\n]*#(.*)$", source, re.M)}
 
 
 def converter(annotation: Any) -> tuple[Callable[[str], Any], str]:

@@ -51,31 +51,30 @@ class TrainConfig:
 
     batch_size: int = 32  # windows per micro-batch, over all ranks
     batches_per_step: int = 1  # micro-batches per optimizer step: gradient accumulation (the seed's iter_per_step)
-    num_epochs: int = 1
+    num_epochs: int = 1  # passes over the training windows (unless max_steps is set)
     max_steps: int | None = None  # overrides num_epochs
     optimizer_kind: str = "adamw"  # adam, adamw, sgd or novograd
-    lr: float = 1e-3
+    lr: float = 1e-3  # peak learning rate, after the warmup
     weight_decay: float = 0.0  # decoupled (AdamW); never on biases, LayerNorm weights or positions
-    beta1: float = 0.9
-    beta2: float = 0.999
+    beta1: float = 0.9  # Adam's first-moment decay (SGD: momentum)
+    beta2: float = 0.999  # Adam's second-moment decay
     lr_policy: str = "cosine"  # constant, cosine, linear or inverse_sqrt
     warmup_ratio: float = 0.05  # linear warmup over this share of the steps (the seed's lr_warmup_proportion)
     warmup_steps: int | None = None  # or over this many steps (overrides warmup_ratio)
     min_lr_ratio: float = 0.0  # where the decay ends, as a share of lr
     clip_grad_norm: float | None = 1.0  # None or 0: no clipping
-    label_smoothing: float = 0.0
-    seed: int = 0
-    num_workers: int = 0
+    label_smoothing: float = 0.0  # eps of the smoothed training loss (Chapter 5); perplexity is never smoothed
+    seed: int = 0  # seeds the weights, dropout and the data order
+    num_workers: int = 0  # DataLoader worker processes
     precision: str = "fp32"  # fp32 | amp-fp16 | amp-bf16 | auto | O0 | O1 | O2 (chapter 7)
     sync_every: int | None = None  # read the loss back every N steps (None: log_every on a GPU, 1 on a CPU)
     max_skipped_steps: int = 20  # fp16: stop after this many consecutive steps skipped for overflow
     compile: bool = False  # torch.compile the model (chapter 9)
     log_every: int = 25  # steps between loss records
     eval_every: int = 500  # steps between validations (and one at the end)
-    eval_batch_size: int = 32
+    eval_batch_size: int = 32  # windows per evaluation batch
     checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
-    keep_checkpoints: int = 3
-
+    keep_checkpoints: int = 3  # the newest checkpoints kept
     def __post_init__(self) -> None:
         positive = ["batch_size", "batches_per_step", "num_epochs", "log_every", "eval_every", "eval_batch_size",
                     "checkpoint_every", "keep_checkpoints", "max_skipped_steps"]

@@ -179,6 +179,9 @@ def test_train_evaluate_generate_cli(corpus, tmp_path, capsys):
     assert "pass --resume" in capsys.readouterr().err
     assert train_cli.main(["--work_dir", str(work), "--resume", "--max_steps", "8"]) == 0  # config.json fills in
     assert json.loads((work / "results.json").read_text())["steps"] == 8
+    records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4, 6, 8]  # each step once across the resume
+    assert json.loads((work / "config.json").read_text())["train"]["max_steps"] == 8
     capsys.readouterr()
 
     ckpt = str(list_checkpoints(work)[-1])
