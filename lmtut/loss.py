@@ -20,10 +20,21 @@ import torch
 from torch import nn
 
 
+def target_log_probs(log_probs: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
+    """Each target's log-probability, (B, T), from the whole (B, T, V) distribution or given as such already
+    (``model(input_ids, targets=...)``)."""
+    if log_probs.dim() == target_ids.dim():
+        return log_probs
+    return log_probs.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)
+
+
 def summed_nll(log_probs: torch.Tensor, target_ids: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of -log p(target) over non-pad targets, their count): the pieces of a corpus-level perplexity."""
+    """(sum of -log p(target) over non-pad targets, their count): the pieces of a corpus-level perplexity.
+
+    ``log_probs`` is the (B, T, V) distribution or the (B, T) log-probabilities of the targets.
+    """
     mask = target_ids != pad_id
-    picked = log_probs.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1).double()  # sum in float64, copy only (B, T)
+    picked = target_log_probs(log_probs, target_ids).double()  # sum in float64, copy only (B, T)
     return -torch.where(mask, picked, 0.0).sum(), mask.sum()
 
 
@@ -42,9 +53,11 @@ def nll_and_perplexity(log_probs: torch.Tensor, target_ids: torch.Tensor, pad_id
 class PaddedSmoothedCrossEntropyLoss(nn.Module):
     """``loss(log_probs, target_ids)``: label-smoothed cross entropy, averaged over the non-pad targets.
 
-    ``log_probs``: (batch, time, V) log-probabilities, as ``TransformerLM`` returns them; ``target_ids``: (batch,
-    time). Equals ``F.cross_entropy(logits, targets, ignore_index=pad_id, label_smoothing=eps)``. A batch whose
-    targets are all padding gives 0 (with zero gradients), where ``F.cross_entropy`` gives NaN.
+    ``log_probs``: (batch, time, V) log-probabilities, as ``TransformerLM`` returns them, or without smoothing just
+    the (batch, time) log-probabilities of the targets (``model(input_ids, targets=target_ids)``, much cheaper with
+    the adaptive softmax); ``target_ids``: (batch, time). Equals ``F.cross_entropy(logits, targets,
+    ignore_index=pad_id, label_smoothing=eps)``. A batch whose targets are all padding gives 0 (with zero gradients),
+    where ``F.cross_entropy`` gives NaN.
     """
 
     def __init__(self, pad_id: int, label_smoothing: float = 0.0, exclude_target: bool = False):
@@ -53,12 +66,19 @@ class PaddedSmoothedCrossEntropyLoss(nn.Module):
             raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
         self.pad_id, self.label_smoothing, self.exclude_target = pad_id, label_smoothing, exclude_target
 
+    @property
+    def needs_distribution(self) -> bool:
+        """Whether the loss needs every word's log-probability (smoothing does), or only the targets'."""
+        return self.label_smoothing > 0
+
     def forward(self, log_probs: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
         eps = self.label_smoothing
+        if eps and log_probs.dim() == target_ids.dim():
+            raise ValueError("label smoothing needs the whole (batch, time, V) distribution, not only the targets'")
         if self.exclude_target:  # the seed's variant: eps over the V - 1 other classes
             V = log_probs.size(-1)
             eps = eps * V / (V - 1)
         mask = target_ids != self.pad_id
-        nll = -log_probs.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)
+        nll = -target_log_probs(log_probs, target_ids)
         per_token = (1.0 - eps) * nll + eps * -log_probs.mean(dim=-1) if eps else nll
         return torch.where(mask, per_token, 0.0).sum() / mask.sum().clamp_min(1)

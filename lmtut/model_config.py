@@ -14,6 +14,7 @@ from lmtut.tokenizer import round_up
 
 ACTIVATIONS = ("relu", "gelu")
 POSITIONS = ("sinusoidal", "learned")
+SOFTMAXES = ("full", "adaptive")
 
 
 @dataclass
@@ -36,6 +37,9 @@ class TransformerLMConfig:
     activation: str = "relu"  # or "gelu"
     classifier_layers: int = 1  # hidden layers of the token classifier, plus one
     vocab_multiple: int = 8  # the softmax layer's rows are the vocabulary rounded up to a multiple of this
+    softmax: str = "full"  # "full", or "adaptive" (Grave et al., 2017: frequent words first; needs --no-tie_weights)
+    adaptive_cutoffs: tuple[int, ...] = (2000, 10000)  # where the adaptive softmax's head and tail clusters end
+    adaptive_div_value: float = 4.0  # each tail cluster's projection is this many times narrower than the last
 
     def __post_init__(self) -> None:
         if self.attn_dropout is None:
@@ -54,6 +58,19 @@ class TransformerLMConfig:
                 raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
         if self.positions not in POSITIONS:
             raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
+        self.adaptive_cutoffs = tuple(int(c) for c in self.adaptive_cutoffs)  # a JSON list comes back as a tuple
+        if self.softmax not in SOFTMAXES:
+            raise ValueError(f"softmax must be one of {', '.join(SOFTMAXES)}, got {self.softmax!r}")
+        if self.softmax == "adaptive" and self.tie_weights:
+            raise ValueError("the adaptive softmax has output layers of its own, which cannot be the embedding "
+                             "matrix: set tie_weights=False (--no-tie_weights)")
+        cutoffs = self.adaptive_cutoffs
+        if list(cutoffs) != sorted(set(cutoffs)) or not cutoffs or cutoffs[0] < 1:
+            raise ValueError(f"adaptive_cutoffs must be increasing positive integers, got {cutoffs}")
+        if self.softmax == "adaptive" and self.vocab_size is not None and cutoffs[-1] >= self.vocab_size:
+            raise ValueError(f"adaptive_cutoffs {cutoffs} must lie below the vocabulary size {self.vocab_size}")
+        if self.adaptive_div_value < 1:
+            raise ValueError(f"adaptive_div_value must be at least 1, got {self.adaptive_div_value}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
 

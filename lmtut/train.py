@@ -41,17 +41,22 @@ def converter(annotation: Any) -> tuple[Callable[[str], Any], str]:
     args = typing.get_args(annotation)
     optional = (typing.get_origin(annotation) in (typing.Union, types.UnionType)) and type(None) in args
     inner = next(a for a in args if a is not type(None)) if optional else annotation
+    if typing.get_origin(inner) is tuple:  # tuple[int, ...]: comma-separated
+        item = typing.get_args(inner)[0]
+        parse, name = (lambda text: tuple(item(x) for x in text.split(","))), f"{item.__name__.upper()},..."
+    else:
+        parse, name = inner, inner.__name__.upper()
 
     def convert(text: str) -> Any:
         if optional and text.lower() == "none":
             return None
         try:
-            return inner(text)
+            return parse(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {inner.__name__}"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {name.lower()}"
                                              + (" or none" if optional else "")) from None
 
-    return convert, inner.__name__.upper() + ("|none" if optional else "")
+    return convert, name + ("|none" if optional else "")
 
 
 def parser() -> argparse.ArgumentParser:

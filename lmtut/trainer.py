@@ -289,7 +289,9 @@ class Trainer:
             with sync:
                 with self.precision.autocast():
                     # Training windows are padded on the right only, which the causal mask hides: no key mask.
-                    loss = self.loss_fn(self.train_model(input_ids), labels) * weight
+                    # A loss that needs only the targets' log-probabilities asks the model for those alone.
+                    targets = None if getattr(self.loss_fn, "needs_distribution", True) else labels
+                    loss = self.loss_fn(self.train_model(input_ids, targets=targets), labels) * weight
                 self.scaler.scale(loss).backward()
             step_loss += loss.detach()
             self.tokens_seen += input_ids.numel() * n

@@ -71,11 +71,14 @@ def test_command_line_flags_come_from_the_fields(capsys):
     assert not resume and config.preset == "cpu-demo"
     assert (config.model.max_sequence_length, config.train.compile, config.train.batches_per_step) == (32, True, 2)
     assert (config.train.checkpoint_every, config.train.max_steps, config.model.tie_weights) == (7, None, False)
+    config, _ = train_cli.config_from_args(["--softmax", "adaptive", "--no-tie_weights", "--adaptive_cutoffs", "10,99"])
+    assert config.model.adaptive_cutoffs == (10, 99) and RunConfig.from_dict(config.to_dict()) == config
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--compile", "true"], "unrecognized arguments: true"),
     (["--d_model", "big"], "'big' is not int"),
+    (["--adaptive_cutoffs", "10,x"], "'10,x' is not int,..."),
     (["--dropout", "1.5"], "dropout must lie in [0, 1), got 1.5"),
     (["--interactive"], RETIRED_SEED_FLAGS["interactive"]),
     (["--beam_size", "4"], "no beam search"),

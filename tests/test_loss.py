@@ -75,3 +75,15 @@ def test_unsmoothed_perplexity_by_hand():
 def test_bad_smoothing():
     with pytest.raises(ValueError, match=r"label_smoothing must lie in \[0, 1\)"):
         PaddedSmoothedCrossEntropyLoss(PAD, 1.0)
+
+
+def test_the_loss_takes_the_targets_log_probabilities_alone():
+    log_probs = F.log_softmax(torch.randn(2, 5, 11, dtype=torch.float64), -1)
+    targets = torch.tensor([[1, 2, 0, 4, 5], [0, 0, 7, 8, 9]])
+    picked = log_probs.gather(-1, targets[..., None]).squeeze(-1)
+    plain = PaddedSmoothedCrossEntropyLoss(0)
+    assert not plain.needs_distribution and PaddedSmoothedCrossEntropyLoss(0, 0.1).needs_distribution
+    assert torch.allclose(plain(picked, targets), plain(log_probs, targets))
+    assert nll_and_perplexity(picked, targets, 0) == pytest.approx(nll_and_perplexity(log_probs, targets, 0))
+    with pytest.raises(ValueError, match="label smoothing needs the whole"):
+        PaddedSmoothedCrossEntropyLoss(0, 0.1)(picked, targets)

@@ -168,3 +168,40 @@ def test_config_defaults_and_classifier_logits():
     head.log_softmax = True
     assert torch.allclose(head(h), F.log_softmax(logits, -1)) and not torch.allclose(logits, head(h))
     assert len(head.mlp) == 3  # one hidden layer: Linear, activation, LayerNorm
+
+
+def adaptive(**kw) -> TransformerLM:
+    torch.manual_seed(0)
+    return TransformerLM(config(vocab_size=200, softmax="adaptive", tie_weights=False, adaptive_cutoffs=(20, 80),
+                                **kw)).eval()
+
+
+def test_adaptive_softmax_gives_a_distribution_and_its_targets():
+    model = adaptive()
+    x, y = torch.randint(0, 200, (3, T)), torch.randint(0, 200, (3, T))
+    log_probs = model(x)
+    assert log_probs.shape == (3, T, 200) and log_probs.dtype == torch.float32
+    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(3, T), atol=1e-5)
+    assert torch.allclose(model(x, targets=y), log_probs.gather(-1, y[..., None]).squeeze(-1), atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the classifier runs in fp32 whatever the autocast
+        assert model(x, targets=y).dtype == torch.float32
+    assert not model.tied and isinstance(model.classifier.asm, nn.AdaptiveLogSoftmaxWithLoss)
+    full = tiny(vocab_size=200, tie_weights=False)
+    assert model.parameter_counts()["total"] < full.parameter_counts()["total"]  # the tail's projections are narrow
+
+
+def test_full_softmax_targets_equal_the_gathered_distribution():
+    model = tiny()
+    x, y = torch.randint(0, V, (2, T)), torch.randint(0, V, (2, T))
+    assert torch.equal(model(x, targets=y), model(x).gather(-1, y[..., None]).squeeze(-1))
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"softmax": "adaptive"}, "set tie_weights=False"),
+    ({"softmax": "hierarchical"}, "softmax must be one of"),
+    ({"softmax": "adaptive", "tie_weights": False, "adaptive_cutoffs": (30, 20)}, "increasing"),
+    ({"softmax": "adaptive", "tie_weights": False, "adaptive_cutoffs": (20, 50)}, "below the vocabulary size 50"),
+])
+def test_bad_adaptive_configuration(kw, message):
+    with pytest.raises(ValueError, match=message):
+        config(**kw)

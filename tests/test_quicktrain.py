@@ -34,7 +34,9 @@ class NextIsPlusOne(nn.Module):
     def log_prob(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
         return torch.where(nxt == prev + 1, math.log(0.5), math.log(0.5 / (self.n - 1)))
 
-    def forward(self, input_ids, input_mask=None):
+    def forward(self, input_ids, input_mask=None, targets=None):
+        if targets is not None:
+            return self.log_prob(input_ids, targets)
         classes = torch.arange(self.n)
         return self.log_prob(input_ids[..., None], classes)
 

@@ -11,6 +11,7 @@ import torch
 from lmtut import (
     CheckpointCallback,
     CheckpointError,
+    LanguageModelingDataLayer,
     LanguageModelingDataset,
     NovoGrad,
     TrainConfig,
@@ -18,6 +19,7 @@ from lmtut import (
     TrainingDiverged,
     TransformerLM,
     TransformerLMConfig,
+    evaluate_perplexity,
     get_lr_policy,
     get_optimizer,
 )
@@ -194,3 +196,23 @@ def test_train_evaluate_generate_cli(corpus, tmp_path, capsys):
     (tmp_path / "junk.pt").write_text("junk")
     assert evaluate_cli.main([str(tmp_path / "junk.pt")]) == 1
     assert "error: cannot read checkpoint" in capsys.readouterr().err
+
+
+def test_adaptive_softmax_trains_and_evaluates(tokenizer, corpus):
+    ds = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
+    valid = LanguageModelingDataset(tokenizer, corpus / "valid.txt", max_sequence_length=16, batch_step=4)
+    torch.manual_seed(0)
+    model = TransformerLM(TransformerLMConfig(vocab_size=tokenizer.vocab_size, d_model=16, num_layers=1,
+                                              num_attn_heads=2, d_inner=32, max_sequence_length=16, dropout=0.0,
+                                              softmax="adaptive", tie_weights=False, adaptive_cutoffs=(8, 16)))
+    before = evaluate_perplexity(model, valid)[1]
+    rec = Recorder()
+    Trainer(model, ds, TrainConfig(batch_size=8, max_steps=40, lr=1e-2, precision="amp-bf16"), callbacks=[rec],
+            device="cpu").train()
+    losses = list(rec.losses.values())
+    after = evaluate_perplexity(model, valid)[1]
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5 and after < before / 2, (before, after)
+    model.eval()
+    ids, _, labels = next(iter(LanguageModelingDataLayer(valid, 4)))
+    full = model(ids).gather(-1, labels[..., None]).squeeze(-1)  # the whole distribution agrees with the targets'
+    assert torch.allclose(full, model(ids, targets=labels), atol=1e-5)
