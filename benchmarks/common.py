@@ -36,7 +36,7 @@ def describe_shape(config: RunConfig) -> dict:
     """The figures that set a step's cost: the model's shape and the batch."""
     m = config.model
     return dict(d_model=m.d_model, num_layers=m.num_layers, num_attn_heads=m.num_attn_heads, d_inner=m.d_inner,
-                max_sequence_length=m.max_sequence_length, batch_size=config.train.batch_size)
+                max_sequence_length=m.max_sequence_length, batch_size=config.train.batch_size, softmax=m.softmax)
 
 
 def synthetic_dataset(seq_len: int, windows: int, vocab_size: int = WIKITEXT2_VOCAB,

@@ -32,7 +32,7 @@ VARIANTS = ("log-probs", "cross-entropy", "chunked")
 
 def measure(variant: str, shape: str, steps: int, rounds: int, chunk: int) -> dict:
     device = default_device()
-    config = shape_config(shape)
+    config = shape_config(shape, softmax="full", tie_weights=True)  # the variants are three ways to a full softmax
     batch, seq = config.train.batch_size, config.model.max_sequence_length
     ds = synthetic_dataset(seq, batch)
     ids, _, labels = (torch.stack(t).to(device) for t in zip(*(ds[i] for i in range(batch))))

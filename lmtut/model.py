@@ -122,6 +122,11 @@ class TransformerLM(nn.Module):
             nn.init.normal_(module.weight, std=self.config.d_model**-0.5)
 
     @property
+    def may_skip_parameters(self) -> bool:
+        """Whether a step can leave parameters without a gradient (the adaptive softmax's unreached clusters)."""
+        return self.config.softmax == "adaptive"
+
+    @property
     def tied(self) -> bool:
         return getattr(self.classifier, "weight", None) is self.encoder.embedding.weight
 

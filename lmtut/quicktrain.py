@@ -12,11 +12,11 @@ import time
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from lmtut.datasets import LanguageModelingDataLayer, LanguageModelingDataset
+from lmtut.loss import PaddedSmoothedCrossEntropyLoss
 from lmtut.perplexity import evaluate_perplexity
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -40,10 +40,11 @@ def quick_train(
 ) -> dict[str, list[float]]:
     """Train ``model`` for ``steps`` batches; return its history (step, train loss, validation perplexity).
 
-    ``loss_fn(log_probs, labels)`` defaults to the plain negative log-likelihood ignoring padding.
+    ``loss_fn(log_probs, labels)`` defaults to the plain negative log-likelihood ignoring padding
+    (``PaddedSmoothedCrossEntropyLoss`` without smoothing), for which the model scores the targets alone.
     """
-    pad = train.pad_id
-    loss_fn = loss_fn or (lambda lp, y: F.nll_loss(lp.flatten(0, 1), y.flatten(), ignore_index=pad))
+    loss_fn = loss_fn or PaddedSmoothedCrossEntropyLoss(train.pad_id)
+    targets_only = not getattr(loss_fn, "needs_distribution", True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup_steps))
     batches = itertools.chain.from_iterable(
@@ -64,7 +65,7 @@ def quick_train(
     bar = tqdm(range(1, steps + 1), desc=desc, leave=False)
     for step in bar:
         input_ids, input_mask, labels = next(batches)
-        loss = loss_fn(model(input_ids, input_mask), labels)
+        loss = loss_fn(model(input_ids, input_mask, targets=labels if targets_only else None), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)

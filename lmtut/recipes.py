@@ -27,11 +27,13 @@ DERIVED = ("vocab_size",)
 
 #: Named recipes: partial overrides of the defaults, by setting name.
 PRESETS: dict[str, dict[str, Any]] = {
-    # A few minutes on a 2-core CPU: a small model trained on a step budget, never full epochs.
-    "cpu-demo": dict(d_model=128, num_layers=2, num_attn_heads=4, d_inner=512, max_sequence_length=64,
-                     predict_last_k=32, batch_size=32, dropout=0.1, label_smoothing=0.0, optimizer_kind="adamw",
-                     lr=2e-3, weight_decay=0.01, lr_policy="cosine", warmup_ratio=0.05, max_steps=500,
-                     eval_every=250, checkpoint_every=100, log_every=25, precision="auto"),
+    # Ten minutes on a 2-core CPU, evaluation included: an adaptive softmax (Grave et al., 2017) buys a wider model
+    # and four times the steps of a tied full softmax in the same time. A step budget, never full epochs.
+    "cpu-demo": dict(d_model=256, num_layers=2, num_attn_heads=4, d_inner=1024, max_sequence_length=64,
+                     softmax="adaptive", tie_weights=False, predict_last_k=32, batch_size=32, dropout=0.1,
+                     label_smoothing=0.0, optimizer_kind="adamw", lr=2e-3, weight_decay=0.01, lr_policy="cosine",
+                     warmup_ratio=0.05, max_steps=2200, eval_every=440, checkpoint_every=440, log_every=50,
+                     precision="auto"),
     # One GPU, 20 epochs (recorded on an H200: see the Results chapter).
     "gpu-base": dict(d_model=512, num_layers=6, num_attn_heads=8, d_inner=2048, max_sequence_length=256,
                      predict_last_k=64, batch_size=32, dropout=0.3, label_smoothing=0.1, optimizer_kind="adamw",

@@ -148,7 +148,9 @@ class Trainer:
         optionally ``torch.compile``."""
         if self.world.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            model = DistributedDataParallel(model, device_ids=ids)
+            # an adaptive softmax leaves the tail clusters that no target of the batch reached without gradients
+            unused = getattr(model, "may_skip_parameters", False)
+            model = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused)
         return torch.compile(model) if self.config.compile else model
 
     # ------------------------------------------------------------------------------------------- state

@@ -28,7 +28,7 @@ def test_presets_are_partial_overrides_of_one_config():
         flat = config.flat()
         assert all(flat[k] == v for k, v in overrides.items()) and config.preset == name
     demo = make_config("cpu-demo", max_steps=50, work_dir="w")
-    assert (demo.train.max_steps, demo.train.lr, demo.model.d_model, demo.work_dir) == (50, 2e-3, 128, "w")
+    assert (demo.train.max_steps, demo.train.lr, demo.model.d_model, demo.work_dir) == (50, 2e-3, 256, "w")
     assert demo.train.precision == "auto" and demo.train.clip_grad_norm == 1.0 and demo.train.beta1 == 0.9
     assert make_config().model == TransformerLMConfig() and make_config().train == TrainConfig()
 

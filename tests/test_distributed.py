@@ -71,3 +71,11 @@ def test_global_batch_must_divide(corpus, tmp_path):
            *ARGS, "--data_dir", str(corpus), "--work_dir", str(tmp_path / "w")]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode != 0 and "must divide among 3 ranks" in done.stderr
+
+
+def test_adaptive_softmax_under_torchrun(corpus, tmp_path):
+    # Tiny cutoffs and 2 windows per rank: some steps leave a tail cluster without a target, hence without gradients.
+    adaptive = ["--softmax", "adaptive", "--no-tie_weights", "--adaptive_cutoffs", "6,24"]
+    launch(corpus, tmp_path / "one", 1, *adaptive)
+    launch(corpus, tmp_path / "two", 2, *adaptive)
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
