@@ -24,15 +24,15 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from common import (SHAPES, default_device, default_shape, device_name, peak_memory_bytes, reset_peak_memory,
-                    seconds_per_step, shape_config, synthetic_dataset, write_json)
-from lmtut import TransformerLM
+                    seconds_per_step, synthetic_dataset, write_json)
+from lmtut import TransformerLM, make_config
 
 VARIANTS = ("log-probs", "cross-entropy", "chunked")
 
 
 def measure(variant: str, shape: str, steps: int, rounds: int, chunk: int) -> dict:
     device = default_device()
-    config = shape_config(shape, softmax="full", tie_weights=True)  # the variants are three ways to a full softmax
+    config = make_config(shape, softmax="full", tie_weights=True)  # the variants are three ways to a full softmax
     batch, seq = config.train.batch_size, config.model.max_sequence_length
     ds = synthetic_dataset(seq, batch)
     ids, _, labels = (torch.stack(t).to(device) for t in zip(*(ds[i] for i in range(batch))))

@@ -19,8 +19,8 @@ import time
 import torch
 
 from common import (SHAPES, default_device, default_shape, describe_shape, device_name, peak_memory_bytes,
-                    reset_peak_memory, shape_config, sync, synthetic_dataset, write_json)
-from lmtut import Callback, TrainConfig, Trainer, TransformerLM
+                    reset_peak_memory, sync, synthetic_dataset, write_json)
+from lmtut import Callback, TrainConfig, Trainer, TransformerLM, make_config
 from lmtut.precision import PRECISIONS, cpu_supports_bf16
 
 
@@ -41,7 +41,7 @@ class Clock(Callback):
 def measure(mode: str, shape: str, steps: int, warmup: int) -> dict:
     """Train ``warmup + steps`` steps in ``mode``; tokens/s over the last ``steps``."""
     device = default_device()
-    config = shape_config(shape)
+    config = make_config(shape)
     batch, seq = config.train.batch_size, config.model.max_sequence_length
     dataset = synthetic_dataset(seq, (warmup + steps) * batch)
     torch.manual_seed(0)
@@ -77,7 +77,7 @@ def main() -> int:
     if args.modes is None and "amp-fp16" not in modes:
         print("amp-fp16 left out: this device has no native float16 math (it would be emulated, many times slower; "
               "--modes amp-fp16 runs it anyway)")
-    dims = describe_shape(shape_config(shape))
+    dims = describe_shape(make_config(shape))
     print(f"{device_name(device)}, torch {torch.__version__}, shapes {shape} {dims}, {steps} timed steps")
     rows = []
     for mode in modes:

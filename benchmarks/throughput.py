@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from common import (SHAPES, default_device, default_shape, describe_shape, device_name, peak_memory_bytes,
-                    reset_peak_memory, seconds_per_step, shape_config, sync, synthetic_dataset, write_json)
-from lmtut import TrainConfig, Trainer, TransformerLM, TransformerLMConfig
+                    reset_peak_memory, seconds_per_step, sync, synthetic_dataset, write_json)
+from lmtut import TrainConfig, Trainer, TransformerLM, TransformerLMConfig, make_config
 from lmtut.encoder import sinusoidal_positions
 from lmtut.precision import Precision
 
@@ -85,7 +85,7 @@ def main() -> int:
     device = default_device()
     shape = args.shape or default_shape(device)
     # the reference has a full softmax, so lmtut's side uses the tied full softmax too, whatever the preset's
-    config = shape_config(shape, softmax="full", tie_weights=True,
+    config = make_config(shape, softmax="full", tie_weights=True,
                           **({"vocab_multiple": args.vocab_multiple} if args.vocab_multiple else {}))
     batch, seq = config.train.batch_size, config.model.max_sequence_length
     dataset = synthetic_dataset(seq, batch)

@@ -40,9 +40,10 @@ def init_distributed(device_type: str | None = None) -> tuple[DistInfo, torch.de
     GPU machine). The backend follows the device: ``nccl`` for CUDA (one GPU per process, ``cuda:LOCAL_RANK``),
     ``gloo`` for CPU.
     """
-    device_type = device_type or default_device().type
+    default = default_device()
+    device_type = device_type or default.type
     if not launched_by_torchrun():
-        return DistInfo(), default_device() if device_type == default_device().type else torch.device(device_type)
+        return DistInfo(), default if default.type == device_type else torch.device(device_type)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if device_type == "cuda":
         if local_rank >= torch.cuda.device_count():

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 from lmtut.checkpoint import CheckpointError
-from lmtut.corpus import DataError, download_wikitext2
-from lmtut.datasets import prepare_corpus, split_dataset
+from lmtut.corpus import DataError
+from lmtut.datasets import split_dataset
 from lmtut.device import DeviceError
-from lmtut.experiment import load_for_inference
+from lmtut.experiment import load_for_inference, prepare
 from lmtut.perplexity import evaluate_perplexity
 
 
@@ -31,8 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, tokenizer, config = load_for_inference(args.checkpoint)
         k = args.predict_last_k or config.data.predict_last_k
-        data_dir = args.data_dir or config.data.data_dir or download_wikitext2()
-        corpus = prepare_corpus(data_dir, config.data.do_lower_case, config.data.dataset_name)
+        if args.data_dir:
+            config = replace(config, data=replace(config.data, data_dir=args.data_dir))
+        corpus, _ = prepare(config)  # the checkpoint's own tokenizer scores it
         dataset = split_dataset(corpus, tokenizer, args.split, config.model.max_sequence_length, k)
     except (CheckpointError, DataError, DeviceError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -28,7 +28,7 @@ from lmtut.callbacks import (Callback, CheckpointCallback, EvaluatorCallback, Me
 from lmtut.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from lmtut.corpus import download_wikitext2
 from lmtut.datasets import LanguageModelDataDesc, LanguageModelingDataset, prepare_corpus, split_dataset
-from lmtut.device import default_device
+from lmtut.device import default_device, describe_device
 from lmtut.distributed import barrier, init_distributed
 from lmtut.model import TransformerLM
 from lmtut.perplexity import evaluate_perplexity
@@ -105,7 +105,7 @@ def run(config: RunConfig, resume: bool = False, show_bar: bool = True) -> dict[
         (work_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     trainer = build_trainer(config, model, datasets, device, show_bar)
     if world.is_main:
-        print(f"device {device} ({provenance(device)['device_name']}), {world.world_size} process(es), precision "
+        print(f"device {device} ({describe_device(device)}), {world.world_size} process(es), precision "
               f"{trainer.precision.name}" + (", TF32 matmuls on" if trainer.tf32 else ""), file=sys.stderr)
     start = time.perf_counter()
     if resume and trainer.resume() and world.is_main:

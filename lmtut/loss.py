@@ -50,6 +50,12 @@ def nll_and_perplexity(log_probs: torch.Tensor, target_ids: torch.Tensor, pad_id
     return nll, math.exp(nll)
 
 
+def targets_suffice(loss_fn) -> bool:
+    """Whether ``loss_fn`` needs only the targets' log-probabilities, so that the model can score the targets alone
+    (``model(input_ids, targets=labels)``); a loss that does not say is given the whole distribution."""
+    return not getattr(loss_fn, "needs_distribution", True)
+
+
 class PaddedSmoothedCrossEntropyLoss(nn.Module):
     """``loss(log_probs, target_ids)``: label-smoothed cross entropy, averaged over the non-pad targets.
 

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lmtut.datasets import LanguageModelingDataLayer, LanguageModelingDataset
-from lmtut.loss import PaddedSmoothedCrossEntropyLoss
+from lmtut.loss import PaddedSmoothedCrossEntropyLoss, targets_suffice
 from lmtut.perplexity import evaluate_perplexity
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -44,7 +44,7 @@ def quick_train(
     (``PaddedSmoothedCrossEntropyLoss`` without smoothing), for which the model scores the targets alone.
     """
     loss_fn = loss_fn or PaddedSmoothedCrossEntropyLoss(train.pad_id)
-    targets_only = not getattr(loss_fn, "needs_distribution", True)
+    targets_only = targets_suffice(loss_fn)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup_steps))
     batches = itertools.chain.from_iterable(

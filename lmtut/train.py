@@ -86,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
                 kind, metavar = converter(hints[f.name])
                 group.add_argument(*flags, dest=f.name, type=kind, metavar=metavar, default=SENTINEL,
                                    help=help_text)
-    for name, replacement in RETIRED_SEED_FLAGS.items():
+    for name in RETIRED_SEED_FLAGS:
         p.add_argument(f"--{name}", nargs="?", default=SENTINEL, help=argparse.SUPPRESS)
     return p
 

@@ -33,7 +33,7 @@ from lmtut.checkpoint import (CheckpointError, checkpoint_path, list_checkpoints
 from lmtut.datasets import LanguageModelingDataLayer, LanguageModelingDataset
 from lmtut.device import default_device
 from lmtut.distributed import barrier, world
-from lmtut.loss import PaddedSmoothedCrossEntropyLoss
+from lmtut.loss import PaddedSmoothedCrossEntropyLoss, targets_suffice
 from lmtut.lr_policies import ALIASES as LR_POLICIES
 from lmtut.lr_policies import build_scheduler, get_lr_policy
 from lmtut.optimizers import OPTIMIZERS, get_optimizer, parameter_groups
@@ -75,6 +75,7 @@ class TrainConfig:
     eval_batch_size: int = 32  # windows per evaluation batch
     checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
     keep_checkpoints: int = 3  # the newest checkpoints kept
+
     def __post_init__(self) -> None:
         positive = ["batch_size", "batches_per_step", "num_epochs", "log_every", "eval_every", "eval_batch_size",
                     "checkpoint_every", "keep_checkpoints", "max_skipped_steps"]
@@ -114,6 +115,7 @@ class Trainer:
         self.world = world()
         self.model = model.to(self.device)  # the plain module: evaluation, checkpoints, generation
         self.loss_fn = loss_fn or PaddedSmoothedCrossEntropyLoss(train_dataset.pad_id, config.label_smoothing)
+        self.targets_only = targets_suffice(self.loss_fn)  # then the model scores the targets alone
         self.label_counts = train_dataset.label_counts()  # scored labels per window: the micro-batches' weights
         self.work_dir = Path(work_dir) if work_dir is not None else None
         self.extra_state = extra_state or {}  # saved in checkpoints as is (the run's config, the vocabulary)
@@ -291,9 +293,8 @@ class Trainer:
             with sync:
                 with self.precision.autocast():
                     # Training windows are padded on the right only, which the causal mask hides: no key mask.
-                    # A loss that needs only the targets' log-probabilities asks the model for those alone.
-                    targets = None if getattr(self.loss_fn, "needs_distribution", True) else labels
-                    loss = self.loss_fn(self.train_model(input_ids, targets=targets), labels) * weight
+                    log_probs = self.train_model(input_ids, targets=labels if self.targets_only else None)
+                    loss = self.loss_fn(log_probs, labels) * weight
                 self.scaler.scale(loss).backward()
             step_loss += loss.detach()
             self.tokens_seen += input_ids.numel() * n
