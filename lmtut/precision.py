@@ -1,4 +1,4 @@
-"""Chapter 7: mixed precision, the seed's ``amp_opt_level`` (NVIDIA Apex O0/O1/O2) mapped onto ``torch.amp``.
+"""Chapter 9: mixed precision, the seed's ``amp_opt_level`` (NVIDIA Apex O0/O1/O2) mapped onto ``torch.amp``.
 
 Modes (Micikevicius et al., 2018, *Mixed Precision Training*):
 

@@ -6,7 +6,7 @@ it equals one large batch), clips gradients, follows an LR policy whose length i
 or infinite loss, and can resume from its last checkpoint exactly where it stopped: model, optimizer, scheduler,
 random generators and the position in the shuffled data are all saved.
 
-Chapter 7 adds ``precision`` (fp32, amp-fp16 with a ``GradScaler``, amp-bf16; see ``lmtut.precision``). Chapter 8
+Chapter 9 adds ``precision`` (fp32, amp-fp16 with a ``GradScaler``, amp-bf16; see ``lmtut.precision``). Chapter 10
 adds data parallelism: launched by ``torchrun``, each rank takes its share of every micro-batch, the model is
 wrapped in ``DistributedDataParallel``, gradients are all-reduced once per optimizer step (``no_sync`` during
 accumulation), and only rank 0 logs, evaluates and writes checkpoints. The global batch, and so the losses and the
@@ -66,10 +66,10 @@ class TrainConfig:
     label_smoothing: float = 0.0  # eps of the smoothed training loss (Chapter 5); perplexity is never smoothed
     seed: int = 0  # seeds the weights, dropout and the data order
     num_workers: int = 0  # DataLoader worker processes
-    precision: str = "fp32"  # fp32 | amp-fp16 | amp-bf16 | auto | O0 | O1 | O2 (chapter 7)
+    precision: str = "fp32"  # fp32 | amp-fp16 | amp-bf16 | auto | O0 | O1 | O2 (chapter 9)
     sync_every: int | None = None  # read the loss back every N steps (None: log_every on a GPU, 1 on a CPU)
     max_skipped_steps: int = 20  # fp16: stop after this many consecutive steps skipped for overflow
-    compile: bool = False  # torch.compile the model (chapter 9)
+    compile: bool = False  # torch.compile the model (chapter 11)
     log_every: int = 25  # steps between loss records
     eval_every: int = 500  # steps between validations (and one at the end)
     eval_batch_size: int = 32  # windows per evaluation batch
