@@ -15,6 +15,7 @@ from lmtut.datasets import (DataConfig, LanguageModelDataDesc, LanguageModelingD
                             prepare_corpus, split_dataset)
 from lmtut.device import DeviceError, default_device, describe_device
 from lmtut.distributed import init_distributed
+from lmtut.ema import WeightAverage
 from lmtut.encoder import TransformerBlock, TransformerEncoder
 from lmtut.experiment import build_datasets, build_model, build_trainer, load_for_inference, prepare, run
 from lmtut.loss import PaddedSmoothedCrossEntropyLoss, nll_and_perplexity
@@ -26,6 +27,7 @@ from lmtut.perplexity import evaluate_perplexity
 from lmtut.precision import Precision, resolve_precision
 from lmtut.quicktrain import quick_train
 from lmtut.recipes import PRESETS, RunConfig, make_config
+from lmtut.regularization import LockedDropout, WordDropout
 from lmtut.sampling import generate_text
 from lmtut.seed import seed_everything
 from lmtut.source import show_source
@@ -35,6 +37,7 @@ from lmtut.trainer import TrainConfig, Trainer, TrainingDiverged
 __version__ = "0.1.0"
 
 __all__ = [
+    "LockedDropout", "WeightAverage", "WordDropout",
     "PRESETS", "Callback", "CausalSelfAttention", "CheckpointCallback", "CheckpointError", "DataConfig", "DataError",
     "DeviceError", "EvaluatorCallback", "LanguageModelDataDesc", "LanguageModelingDataLayer",
     "LanguageModelingDataset", "MetricsWriterCallback", "NovoGrad", "PaddedSmoothedCrossEntropyLoss", "Precision",

@@ -74,7 +74,12 @@ class SimpleLossLoggerCallback(Callback):
 
 
 class EvaluatorCallback(Callback):
-    """Validation perplexity (unsmoothed, each token once) every ``eval_every`` steps and at the end."""
+    """Validation perplexity (unsmoothed, each token once) every ``eval_every`` steps and at the end.
+
+    It scores ``trainer.eval_model``: the averaged weights when the run averages them (chapter 7). With
+    ``name="train"`` over a fixed slice of the training split it logs ``train_ppl``, the training perplexity
+    measured the same way (eval mode, no dropout), to draw on the same axes as ``valid_ppl``.
+    """
 
     def __init__(self, eval_dataset: LanguageModelingDataset, eval_every: int = 500, batch_size: int = 32,
                  name: str = "valid"):
@@ -84,7 +89,7 @@ class EvaluatorCallback(Callback):
     def run(self, trainer) -> None:
         if not trainer.world.is_main:
             return  # the other ranks go on and wait for rank 0 at the next gradient all-reduce
-        nll, ppl = evaluate_perplexity(trainer.model, self.dataset, self.batch_size)
+        nll, ppl = evaluate_perplexity(trainer.eval_model, self.dataset, self.batch_size)
         self.last = {"step": trainer.step, f"{self.name}_nll": nll, f"{self.name}_ppl": ppl}
         trainer.log(self.last)
 

@@ -4,6 +4,10 @@ Token embedding scaled by sqrt(d_model), positions added (sinusoidal or learned)
 blocks of causal self-attention and a position-wise feed-forward network, each wrapped in a residual connection
 with layer normalization. Pre-norm (norm, sublayer, add; a final norm after the last block) is the default: it
 trains stably without a long warmup. Post-norm (add, then norm) is the original paper's arrangement.
+
+Chapter 7 adds the regularization of ``lmtut.regularization``: word dropout on the embedding lookup, dropout on the
+final states (``output_dropout``), and with ``locked_dropout`` one mask per sequence for the embedding, residual
+and output dropouts.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from torch import nn
 
 from lmtut.attention import CausalSelfAttention, attention_mask
 from lmtut.model_config import TransformerLMConfig
+from lmtut.regularization import WordDropout, sequence_dropout
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -46,7 +51,7 @@ class TransformerBlock(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(config.d_model), nn.LayerNorm(config.d_model)
         self.attn = CausalSelfAttention(config)
         self.ffn = FeedForward(config)
-        self.drop = nn.Dropout(config.dropout)  # on each sublayer's output, before the residual add
+        self.drop = sequence_dropout(config.dropout, config.locked_dropout)  # on each sublayer's output, before the add
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -75,9 +80,11 @@ class TransformerEncoder(nn.Module):
             self.position_embedding = None
         else:
             self.position_embedding = nn.Embedding(config.max_sequence_length, config.d_model)
-        self.emb_drop = nn.Dropout(config.emb_dropout)
+        self.word_drop = WordDropout(config.padded_vocab_size, config.word_dropout)
+        self.emb_drop = sequence_dropout(config.emb_dropout, config.locked_dropout)
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
         self.final_norm = nn.LayerNorm(config.d_model) if config.pre_norm else nn.Identity()
+        self.output_drop = sequence_dropout(config.output_dropout, config.locked_dropout)  # before the softmax layer
 
     def positions(self, length: int) -> torch.Tensor:
         if self.position_embedding is not None:
@@ -93,12 +100,12 @@ class TransformerEncoder(nn.Module):
         T = input_ids.size(1)
         if T > self.max_sequence_length:
             raise ValueError(f"sequence of {T} tokens is longer than max_sequence_length={self.max_sequence_length}")
-        x = self.embedding(input_ids) * math.sqrt(self.d_model) + self.positions(T)
+        x = self.word_drop(self.embedding(input_ids), input_ids) * math.sqrt(self.d_model) + self.positions(T)
         x = self.emb_drop(x)
         mask = attention_mask(input_mask, T, input_ids.device)
         maps = []
         for layer in self.layers:
             x, weights = layer(x, mask, need_weights)
             maps.append(weights)
-        x = self.final_norm(x)
+        x = self.output_drop(self.final_norm(x))
         return (x, maps) if need_weights else x

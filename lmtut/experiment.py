@@ -8,7 +8,8 @@
     trainer = build_trainer(config, model, datasets)        # optimizer, schedule, callbacks, work dir
     trainer.train()
 
-:func:`run` does all of this, then measures test perplexity and writes ``config.json`` and ``results.json``;
+:func:`run` does all of this, then measures test perplexity (with the averaged weights, when the run averages them)
+and writes ``config.json`` and ``results.json``;
 :func:`load_for_inference` gives a checkpoint's model and tokenizer back for evaluation and sampling.
 """
 
@@ -49,12 +50,21 @@ def prepare(config: RunConfig, quiet: bool = False) -> tuple[LanguageModelDataDe
 
 
 def build_datasets(config: RunConfig, corpus: LanguageModelDataDesc, tokenizer: WordTokenizer,
-                   eval_tokens: int | None = None) -> dict[str, LanguageModelingDataset]:
+                   eval_tokens: int | None = None,
+                   train_tokens: int | None = None) -> dict[str, LanguageModelingDataset]:
     """Training windows, and ``predict_last_k`` windows over valid and test (their first ``eval_tokens`` only,
-    when given: a CPU chapter's budget)."""
+    when given: a CPU chapter's budget; ``train_tokens`` likewise keeps the training split's first tokens).
+
+    With ``train_eval_tokens`` set, ``"train_eval"`` holds ``predict_last_k`` windows over the training split's
+    first tokens, scored like validation: the training perplexity that chapter 7 draws beside the validation one.
+    """
     L, k = config.model.max_sequence_length, config.data.predict_last_k
-    return {split: split_dataset(corpus, tokenizer, split, L, None if split == "train" else k,
-                                 None if split == "train" else eval_tokens) for split in SPLITS}
+    datasets = {split: split_dataset(corpus, tokenizer, split, L, None if split == "train" else k,
+                                     train_tokens if split == "train" else eval_tokens) for split in SPLITS}
+    if config.train.train_eval_tokens:
+        first = datasets["train"].ids[1 : 1 + config.train.train_eval_tokens]  # ids[0] is the stream's <eos>
+        datasets["train_eval"] = LanguageModelingDataset(tokenizer, first, L, k)
+    return datasets
 
 
 def build_model(config: RunConfig, tokenizer: WordTokenizer) -> TransformerLM:
@@ -77,13 +87,16 @@ def build_trainer(config: RunConfig, model: TransformerLM, datasets: dict[str, L
     """A Trainer over the training windows, with the standard callbacks, writing to ``config.work_dir``.
 
     Checkpoints carry the run's config and vocabulary, so that :func:`load_for_inference` needs nothing else.
+    With ``train_eval_tokens`` set (and a ``"train_eval"`` dataset), a second evaluator logs ``train_ppl``.
     """
     tokenizer = datasets["train"].tokenizer
-    return Trainer(model, datasets["train"], config.train,
-                   callbacks=standard_callbacks(config.train, datasets.get("valid"), show_bar),
-                   work_dir=config.work_dir, device=device,
-                   extra_state={"run_config": config.to_dict(), "model_config": asdict(model.config),
-                                "vocab": tokenizer.id_to_token})
+    callbacks = standard_callbacks(config.train, datasets.get("valid"), show_bar)
+    if "train_eval" in datasets:  # the training slice, scored at each validation (train_ppl)
+        callbacks.append(EvaluatorCallback(datasets["train_eval"], config.train.eval_every,
+                                           config.train.eval_batch_size, name="train"))
+    return Trainer(model, datasets["train"], config.train, callbacks=callbacks, work_dir=config.work_dir,
+                   device=device, extra_state={"run_config": config.to_dict(), "model_config": asdict(model.config),
+                                               "vocab": tokenizer.id_to_token})
 
 
 def run(config: RunConfig, resume: bool = False, show_bar: bool = True) -> dict[str, Any] | None:
@@ -113,10 +126,13 @@ def run(config: RunConfig, resume: bool = False, show_bar: bool = True) -> dict[
     trainer.train()
     if not world.is_main:
         return None
-    evaluator = next(cb for cb in trainer.callbacks if isinstance(cb, EvaluatorCallback))
-    test_nll, test_ppl = evaluate_perplexity(trainer.model, datasets["test"], config.train.eval_batch_size)
+    evaluators = {cb.name: cb.last for cb in trainer.callbacks if isinstance(cb, EvaluatorCallback)}
+    evaluator = evaluators["valid"]
+    # the averaged weights when the run averages them (trainer.eval_model), as in every evaluation during training
+    test_nll, test_ppl = evaluate_perplexity(trainer.eval_model, datasets["test"], config.train.eval_batch_size)
     results = {
-        "valid_ppl": evaluator.last["valid_ppl"], "valid_nll": evaluator.last["valid_nll"],
+        "valid_ppl": evaluator["valid_ppl"], "valid_nll": evaluator["valid_nll"],
+        **({"train_ppl": evaluators["train"]["train_ppl"]} if "train" in evaluators else {}),
         "test_ppl": test_ppl, "test_nll": test_nll, "steps": trainer.step, "tokens": trainer.tokens_seen,
         "tokens_per_s": trainer.tokens_seen / max(trainer.train_seconds, 1e-9),
         "wall_time_s": time.perf_counter() - start,  # of this invocation, evaluation included
@@ -131,7 +147,10 @@ def run(config: RunConfig, resume: bool = False, show_bar: bool = True) -> dict[
 
 def load_for_inference(path: str | Path,
                        device: torch.device | None = None) -> tuple[TransformerLM, WordTokenizer, RunConfig]:
-    """A checkpoint's model (eval mode, on ``device`` or the default one), its tokenizer and its run config."""
+    """A checkpoint's model (eval mode, on ``device`` or the default one), its tokenizer and its run config.
+
+    A run that averaged its weights (``ema_decay``) is loaded with its averaged weights: the model it evaluated.
+    """
     state = load_checkpoint(path)
     for key in ("run_config", "vocab", "model"):
         if key not in state:
@@ -140,7 +159,7 @@ def load_for_inference(path: str | Path,
     tokenizer = WordTokenizer(tokens=state["vocab"])
     model = TransformerLM(config.model.with_vocab(tokenizer.vocab_size))
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["ema"]["model"] if "ema" in state else state["model"])
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not fit its own config: {str(e).splitlines()[0]}") from None
     return model.to(device or default_device()).eval(), tokenizer, config

@@ -1,4 +1,4 @@
-"""Chapters 3 and 4: the model's hyperparameters, in one dataclass that owns its defaults and checks.
+"""Chapters 3, 4 and 7: the model's hyperparameters, in one dataclass that owns its defaults and checks.
 
 Every module of the model receives this one object (``TransformerLM(config)``, ``TransformerEncoder(config)``,
 ``TransformerBlock(config)``, ``CausalSelfAttention(config)``), as in nanoGPT: a hyperparameter is named once and
@@ -31,6 +31,9 @@ class TransformerLMConfig:
     attn_dropout: float | None = None  # on the attention weights (the seed's attn_score_dropout)
     emb_dropout: float | None = None  # on the embeddings plus positions (the seed's embedding_dropout)
     ffn_dropout: float = 0.0  # inside the feed-forward network, after its activation
+    word_dropout: float = 0.0  # drop whole word types from the embedding, the same words at every position of a batch
+    output_dropout: float = 0.0  # on the final hidden states, before the softmax layer
+    locked_dropout: bool = False  # embedding, residual and output dropout: one mask per sequence, shared across time
     tie_weights: bool = True  # the softmax layer's weight is the embedding matrix (Press & Wolf, 2017)
     pre_norm: bool = True  # LayerNorm before each sublayer (False: after the residual add, as in Vaswani et al.)
     positions: str = "sinusoidal"  # or "learned"
@@ -53,7 +56,7 @@ class TransformerLMConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.d_model % self.num_attn_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by num_attn_heads ({self.num_attn_heads})")
-        for name in ("dropout", "attn_dropout", "emb_dropout", "ffn_dropout"):
+        for name in ("dropout", "attn_dropout", "emb_dropout", "ffn_dropout", "word_dropout", "output_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
         if self.positions not in POSITIONS:

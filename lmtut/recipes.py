@@ -40,6 +40,14 @@ PRESETS: dict[str, dict[str, Any]] = {
                      lr=5e-4, weight_decay=0.1, beta2=0.98, lr_policy="cosine", warmup_ratio=0.05,
                      num_epochs=20, eval_every=1000, checkpoint_every=1000, log_every=100, precision="auto",
                      vocab_multiple=128),
+    # Chapter 7 (provisional)
+    "gpu-reg": dict(d_model=400, num_layers=16, num_attn_heads=10, d_inner=900, max_sequence_length=256,
+                    predict_last_k=64, batch_size=32, dropout=0.2, attn_dropout=0.2, ffn_dropout=0.2,
+                    emb_dropout=0.6, word_dropout=0.2, output_dropout=0.5, locked_dropout=True,
+                    label_smoothing=0.0, optimizer_kind="adamw", lr=5e-4, weight_decay=0.01, beta2=0.98,
+                    lr_policy="cosine", warmup_steps=3000, num_epochs=100, ema_decay=0.999,
+                    train_eval_tokens=200_000, eval_every=2540, checkpoint_every=2540, log_every=254,
+                    precision="auto", compile=True, vocab_multiple=128),
     # The seed tutorial's defaults; its 50,000-step cosine schedule now ends with the run.
     "nemo": dict(d_model=384, num_layers=12, num_attn_heads=6, d_inner=1536, max_sequence_length=256,
                  predict_last_k=16, batch_size=32, dropout=0.2, label_smoothing=0.1, optimizer_kind="novograd",

@@ -11,6 +11,10 @@ adds data parallelism: launched by ``torchrun``, each rank takes its share of ev
 wrapped in ``DistributedDataParallel``, gradients are all-reduced once per optimizer step (``no_sync`` during
 accumulation), and only rank 0 logs, evaluates and writes checkpoints. The global batch, and so the losses and the
 LR schedule, are the same for any number of ranks.
+
+Chapter 7 adds weight averaging (``ema_decay``, ``lmtut.ema``): after every step the Trainer folds the weights into
+an exponential moving average, and ``trainer.eval_model`` (what the evaluators and the final evaluation use) is the
+averaged copy; checkpoints keep both, so that a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from lmtut.checkpoint import (CheckpointError, checkpoint_path, list_checkpoints
                               save_checkpoint, set_rng_state)
 from lmtut.datasets import LanguageModelingDataLayer, LanguageModelingDataset
 from lmtut.device import default_device
+from lmtut.ema import WeightAverage
 from lmtut.distributed import barrier, world
 from lmtut.loss import PaddedSmoothedCrossEntropyLoss, targets_suffice
 from lmtut.lr_policies import ALIASES as LR_POLICIES
@@ -73,6 +78,8 @@ class TrainConfig:
     log_every: int = 25  # steps between loss records
     eval_every: int = 500  # steps between validations (and one at the end)
     eval_batch_size: int = 32  # windows per evaluation batch
+    train_eval_tokens: int = 0  # at each validation also score this many training tokens, as train_ppl (0: off)
+    ema_decay: float = 0.0  # keep an exponential moving average of the weights, evaluated and saved (0: off)
     checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
     keep_checkpoints: int = 3  # the newest checkpoints kept
 
@@ -87,6 +94,10 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1) (0: no averaging), got {self.ema_decay}")
+        if self.train_eval_tokens < 0:
+            raise ValueError(f"train_eval_tokens must be 0 (off) or more, got {self.train_eval_tokens}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
         if self.num_workers < 0:
@@ -114,6 +125,7 @@ class Trainer:
         self.device = torch.device(device) if device is not None else default_device()
         self.world = world()
         self.model = model.to(self.device)  # the plain module: evaluation, checkpoints, generation
+        self.average = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
         self.loss_fn = loss_fn or PaddedSmoothedCrossEntropyLoss(train_dataset.pad_id, config.label_smoothing)
         self.targets_only = targets_suffice(self.loss_fn)  # then the model scores the targets alone
         self.label_counts = train_dataset.label_counts()  # scored labels per window: the micro-batches' weights
@@ -162,6 +174,11 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
     @property
+    def eval_model(self) -> nn.Module:
+        """The model to evaluate and keep: the weights' moving average when ``ema_decay`` is set, else the model."""
+        return self.average.model if self.average is not None else self.model
+
+    @property
     def loss_scale(self) -> float | None:
         """fp16's current loss scale (None when no scaler is used)."""
         return self.scaler.get_scale() if self.scaler.is_enabled() else None
@@ -182,6 +199,8 @@ class Trainer:
             "precision": self.precision.name,
             **self.extra_state,
         }
+        if self.average is not None:
+            state["ema"] = self.average.state_dict()
         if self.world.world_size > 1 and gather_rng:
             ranks = [None] * self.world.world_size
             dist.all_gather_object(ranks, state["rng"])  # each rank's dropout generator
@@ -200,6 +219,7 @@ class Trainer:
             self.model.load_state_dict(state["model"])
         except RuntimeError as e:
             raise CheckpointError(f"{source} does not fit this model: {str(e).splitlines()[0]}") from None
+        self._load_average(state, source)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler") and self.scaler.is_enabled():
@@ -208,6 +228,15 @@ class Trainer:
         set_rng_state(ranks[self.world.rank] if ranks and len(ranks) == self.world.world_size else state["rng"])
         for key, value in state["progress"].items():
             setattr(self, key, value)
+
+    def _load_average(self, state: dict[str, Any], source: str) -> None:
+        """The averaged weights of a checkpoint, when this run averages (a run without averaging ignores them)."""
+        if self.average is None:
+            return
+        if "ema" not in state:
+            raise CheckpointError(f"{source} has no averaged weights (it was written with ema_decay 0); resume it "
+                                  "with --ema_decay 0, or start another --work_dir")
+        self.average.load_state_dict(state["ema"])
 
     def save_checkpoint(self, keep: int | None = None, collective: bool = True) -> Path | None:
         """Write the state atomically (rank 0 only); every rank waits until it is on disk.
@@ -366,6 +395,8 @@ class Trainer:
                     if self.step >= self.total_steps:
                         break
                     loss = self.train_step(*next(steps))
+                    if self.average is not None:
+                        self.average.update(self.model)
                     self.step += 1
                     self.step_in_epoch += 1
                     if self.step_in_epoch == self.steps_per_epoch:
