@@ -49,7 +49,7 @@ def resolve_precision(name: str, device: torch.device | str) -> str:
     key = aliases.get(key, key)
     if key == "auto":
         if device.type == "cuda":
-            return "amp-bf16" if torch.cuda.is_bf16_supported() else "amp-fp16"
+            return "amp-bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "amp-fp16"
         return "amp-bf16" if device.type == "cpu" and cpu_supports_bf16() else "fp32"
     if key not in PRECISIONS:
         raise ValueError(f"unknown precision {name!r}: choose fp32, amp-fp16, amp-bf16, auto, "
