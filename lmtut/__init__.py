@@ -7,6 +7,8 @@ download_wikitext2``). The command lines are modules of their own that this file
 """
 
 from lmtut.attention import CausalSelfAttention, attention_reference
+from lmtut.cache import cache_scores, tune_cache
+from lmtut.calibration import fit_temperature, temperature_log_probs
 from lmtut.callbacks import (Callback, CheckpointCallback, EvaluatorCallback, MetricsWriterCallback,
                              SimpleLossLoggerCallback)
 from lmtut.checkpoint import CheckpointError
@@ -15,6 +17,7 @@ from lmtut.datasets import (DataConfig, LanguageModelDataDesc, LanguageModelingD
                             prepare_corpus, split_dataset)
 from lmtut.device import DeviceError, default_device, describe_device
 from lmtut.distributed import init_distributed
+from lmtut.dynamic_eval import KrauseUpdate, dynamic_evaluation, gradient_rms, tune_dynamic_evaluation
 from lmtut.ema import WeightAverage
 from lmtut.encoder import TransformerBlock, TransformerEncoder
 from lmtut.experiment import build_datasets, build_model, build_trainer, load_for_inference, prepare, run
@@ -31,12 +34,15 @@ from lmtut.regularization import LockedDropout, WordDropout
 from lmtut.sampling import generate_text
 from lmtut.seed import seed_everything
 from lmtut.source import show_source
+from lmtut.stream import ScoredStream, TokenScores, score_stream
 from lmtut.tokenizer import VocabError, WordTokenizer, build_vocab
 from lmtut.trainer import TrainConfig, Trainer, TrainingDiverged
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "KrauseUpdate", "ScoredStream", "TokenScores", "cache_scores", "dynamic_evaluation", "fit_temperature",
+    "gradient_rms", "score_stream", "temperature_log_probs", "tune_cache", "tune_dynamic_evaluation",
     "LockedDropout", "WeightAverage", "WordDropout",
     "PRESETS", "Callback", "CausalSelfAttention", "CheckpointCallback", "CheckpointError", "DataConfig", "DataError",
     "DeviceError", "EvaluatorCallback", "LanguageModelDataDesc", "LanguageModelingDataLayer",

@@ -1,47 +1,219 @@
-"""Chapter 6: ``python -m lmtut.evaluate CHECKPOINT`` (or ``lmtut-evaluate``): the perplexity of a checkpoint.
+"""Chapters 6 and 8: ``python -m lmtut.evaluate CHECKPOINT`` (or ``lmtut-evaluate``): the perplexity of a checkpoint,
+static, calibrated, and adapted at test time.
 
     python -m lmtut.evaluate runs/cpu-demo/checkpoints/ckpt-step0000500.pt --split test [--predict_last_k K]
+    python -m lmtut.evaluate CKPT --split test --cache --dynamic_eval --calibrate_temperature --json adapted.json
 
-The computation is :func:`lmtut.perplexity.evaluate_perplexity`; this module is its command line.
+``--cache`` adds the neural cache of Grave et al. (2017) (``lmtut.cache``), ``--dynamic_eval`` dynamic evaluation
+(Krause et al., 2018; ``lmtut.dynamic_eval``), ``--calibrate_temperature`` one softmax temperature
+(``lmtut.calibration``). Their hyperparameters are chosen on the validation split (a flag given several values is
+a grid searched there; ``--tune_tokens`` tunes on valid's first tokens only) and then applied unchanged to
+``--split``. The static figures, the calibrated ones and the ones adapted at test time are printed and written
+(``--json``) apart, under their own keys: an adapted perplexity is not a static one.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from dataclasses import replace
+from typing import Any
 
+from lmtut.cache import LAMBDAS, THETAS, cache_scores, check_cache_args, tune_cache
+from lmtut.calibration import fit_temperature, temperature_log_probs
 from lmtut.checkpoint import CheckpointError
 from lmtut.corpus import DataError
-from lmtut.datasets import split_dataset
+from lmtut.datasets import LanguageModelingDataset, split_dataset
 from lmtut.device import DeviceError
+from lmtut.dynamic_eval import RULES, dynamic_evaluation, gradient_rms, tune_dynamic_evaluation
 from lmtut.experiment import load_for_inference, prepare
-from lmtut.perplexity import evaluate_perplexity
+from lmtut.files import atomic_write_text
+from lmtut.precision import PRECISIONS
+from lmtut.provenance import provenance
+from lmtut.stream import ScoredStream, TokenScores, model_device, score_stream
+
+ADAPTED = "adapted at test time"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lmtut.evaluate", description="Perplexity of a checkpoint.")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lmtut.evaluate", description="Perplexity of a checkpoint: "
+                                     "static, calibrated, and adapted at test time (tuned on valid).")
     parser.add_argument("checkpoint")
     parser.add_argument("--split", choices=["train", "valid", "test"], default="test")
     parser.add_argument("--predict_last_k", "--predict-last-k", type=int, default=None,
-                        help="score the last K positions of windows sliding by K (default: the run's)")
+                        help="score the last K positions of windows sliding by K (default: the run's); dynamic "
+                        "evaluation steps once per window, on its K tokens")
     parser.add_argument("--data_dir", "--data-dir", default=None, help="folder with the splits (default: the run's, "
                         "else download)")
     parser.add_argument("--batch_size", type=int, default=32)
-    args = parser.parse_args(argv)
+    parser.add_argument("--precision", default="fp32", help=f"{', '.join(PRECISIONS)} or auto (lmtut.precision)")
+    parser.add_argument("--max_tokens", type=int, default=None, help="score only the first N tokens of each split")
+    parser.add_argument("--tune_tokens", type=int, default=None,
+                        help="tune the adaptation on the first N tokens of valid (default: all that is scored)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    parser.add_argument("--json", default=None, metavar="PATH", help="write the figures to this JSON file")
+    group = parser.add_argument_group("neural cache (Grave et al., 2017)")
+    group.add_argument("--cache", action="store_true", help="interpolate the model with a neural cache")
+    group.add_argument("--cache_size", type=int, default=2000, help="how many past positions the cache holds")
+    group.add_argument("--cache_theta", type=float, nargs="+", default=list(THETAS), help="flatness (grid)")
+    group.add_argument("--cache_lambda", type=float, nargs="+", default=list(LAMBDAS), help="cache weight (grid)")
+    group = parser.add_argument_group("dynamic evaluation (Krause et al., 2018)")
+    group.add_argument("--dynamic_eval", action="store_true", help="score each window, then take a step on it")
+    group.add_argument("--dynamic_rule", choices=RULES, default=None, help="sgd or rms (Krause et al.'s; default)")
+    group.add_argument("--dynamic_lr", type=float, nargs="+", default=None, help="learning rate(s) (grid)")
+    group.add_argument("--dynamic_decay", type=float, nargs="+", default=None,
+                       help="decay towards the trained weights (grid; default 0 for sgd, 0 and 0.001 for rms)")
+    group.add_argument("--dynamic_eps", type=float, default=1e-3, help="the rms rule's epsilon")
+    group.add_argument("--dynamic_stat_batches", type=int, default=50,
+                       help="training batches for the rms rule's gradient statistics")
+    group = parser.add_argument_group("temperature calibration (Guo et al., 2017)")
+    group.add_argument("--calibrate_temperature", action="store_true", help="fit one softmax temperature on valid")
+    return parser
+
+
+#: dynamic evaluation's default grids, per rule
+DYNAMIC_DEFAULTS = {"sgd": {"lr": [0.01, 0.03, 0.1], "decay": [0.0]},
+                    "rms": {"lr": [5e-5, 1e-4, 2e-4], "decay": [0.0, 1e-3]}}
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse contradictory or impossible flags with argparse's error (exit status 2)."""
+    given = [f"--{n}" for n in ("dynamic_rule", "dynamic_lr", "dynamic_decay") if getattr(args, n) is not None]
+    if given and not args.dynamic_eval:
+        parser.error(f"{given[0]} needs --dynamic_eval")
+    for name in ("max_tokens", "tune_tokens", "batch_size", "dynamic_stat_batches"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be a positive integer, got {value}")
     try:
-        model, tokenizer, config = load_for_inference(args.checkpoint)
-        k = args.predict_last_k or config.data.predict_last_k
-        if args.data_dir:
-            config = replace(config, data=replace(config.data, data_dir=args.data_dir))
-        corpus, _ = prepare(config)  # the checkpoint's own tokenizer scores it
-        dataset = split_dataset(corpus, tokenizer, args.split, config.model.max_sequence_length, k)
+        check_cache_args(args.cache_size, args.cache_theta, args.cache_lambda)
+    except ValueError as e:
+        parser.error(str(e))
+    args.dynamic_rule = args.dynamic_rule or "rms"
+    defaults = DYNAMIC_DEFAULTS[args.dynamic_rule]
+    args.dynamic_lr = args.dynamic_lr or defaults["lr"]
+    args.dynamic_decay = args.dynamic_decay if args.dynamic_decay is not None else defaults["decay"]
+    if any(lr < 0 for lr in args.dynamic_lr) or any(not 0 <= d < 1 for d in args.dynamic_decay):
+        parser.error("--dynamic_lr must be >= 0 and --dynamic_decay in [0, 1)")
+
+
+def adapting(args: argparse.Namespace) -> bool:
+    return args.cache or args.dynamic_eval or args.calibrate_temperature
+
+
+def load(args: argparse.Namespace):
+    """The model, its run config, and the windows of each split to score (valid first when anything is tuned)."""
+    model, tokenizer, config = load_for_inference(args.checkpoint)
+    k = args.predict_last_k or config.data.predict_last_k
+    if args.data_dir:
+        config = replace(config, data=replace(config.data, data_dir=args.data_dir))
+    corpus, _ = prepare(config)  # the checkpoint's own tokenizer scores it
+    splits = list(dict.fromkeys(["valid", args.split])) if adapting(args) else [args.split]
+    L = config.model.max_sequence_length
+    windows = {s: split_dataset(corpus, tokenizer, s, L, k, args.max_tokens) for s in splits}
+    if args.dynamic_eval and args.dynamic_rule == "rms":
+        windows["train"] = split_dataset(corpus, tokenizer, "train", L)  # training windows, for the statistics
+    return model, config, k, windows
+
+
+def figures(scores: dict[str, TokenScores]) -> dict[str, float]:
+    return {split: s.perplexity for split, s in scores.items()}
+
+
+def report(name: str, detail: str, scores: dict[str, TokenScores]) -> None:
+    shown = ", ".join(f"{split} perplexity {s.perplexity:.2f}" for split, s in scores.items())
+    print(f"{name} ({detail}): {shown}")
+
+
+def calibrate(model, streams: dict[str, ScoredStream], args) -> dict[str, Any]:
+    start = time.perf_counter()
+    tune = streams["valid"].first(args.tune_tokens)
+    T = fit_temperature(model.classifier, tune.hidden, tune.targets.to(tune.hidden.device), show_bar=args.progress)
+    scores = {s: TokenScores(st.targets, temperature_log_probs(model.classifier, st.hidden,
+                                                               st.targets.to(st.hidden.device), T))
+              for s, st in streams.items()}
+    report("temperature calibration", f"static model, T = {T:.3f} fitted on valid", scores)
+    return {"method": "one softmax temperature (Guo et al., 2017) over every softmax of the classifier",
+            "fitted on": "valid", "fitted on tokens": tune.num_tokens, "temperature": T,
+            "perplexity": figures(scores), "seconds": time.perf_counter() - start}
+
+
+def neural_cache(streams: dict[str, ScoredStream], args) -> dict[str, Any]:
+    start = time.perf_counter()
+    tune = streams["valid"].first(args.tune_tokens)
+    tuning = tune_cache(tune, args.cache_size, args.cache_theta, args.cache_lambda, show_bar=args.progress)
+    scores = {s: cache_scores(st, args.cache_size, tuning.theta, tuning.lam) for s, st in streams.items()}
+    report(f"{ADAPTED}, neural cache", f"size {args.cache_size}, theta {tuning.theta:g}, lambda {tuning.lam:g}, "
+           "tuned on valid", scores)
+    grid = [{"theta": t, "lambda": lam, "perplexity": tuning.grid[i][j]}
+            for i, t in enumerate(tuning.thetas) for j, lam in enumerate(tuning.lambdas)]
+    return {"method": "neural cache (Grave et al., 2017) over the encoder's last hidden states",
+            "hyperparameters": {"cache_size": args.cache_size, "theta": tuning.theta, "lambda": tuning.lam},
+            "tuned on": "valid", "tuned on tokens": tune.num_tokens, "grid": grid,
+            "perplexity": figures(scores), "seconds": time.perf_counter() - start}
+
+
+def dynamic(model, windows: dict[str, LanguageModelingDataset], args) -> dict[str, Any]:
+    start, rule = time.perf_counter(), args.dynamic_rule
+    common = dict(rule=rule, eps=args.dynamic_eps, precision=args.precision, show_bar=args.progress)
+    rms = gradient_rms(model, windows["train"], args.batch_size, args.dynamic_stat_batches, args.precision,
+                       args.progress) if rule == "rms" else None
+    tune = valid = windows["valid"]
+    if args.tune_tokens is not None and args.tune_tokens < valid.num_targets:
+        tune = LanguageModelingDataset(valid.tokenizer, valid.ids[1:args.tune_tokens + 1], valid.max_sequence_length,
+                                       valid.batch_step)
+    tuning = tune_dynamic_evaluation(model, tune, args.dynamic_lr, args.dynamic_decay, rms=rms, **common)
+    scores = {s: tuning.scores if w is tune else dynamic_evaluation(model, w, tuning.lr, decay=tuning.decay,
+                                                                    rms=rms, **common)
+              for s, w in windows.items() if s != "train"}
+    report(f"{ADAPTED}, dynamic evaluation", f"{rule}, lr {tuning.lr:g}, decay {tuning.decay:g}, tuned on valid",
+           scores)
+    hyper = {"rule": rule, "lr": tuning.lr, "decay": tuning.decay, "segment": f"{tune.batch_step} tokens "
+             f"(one predict_last_k window, batch size 1)"}
+    if rule == "rms":
+        hyper.update(eps=args.dynamic_eps, gradient_statistics=f"first {args.dynamic_stat_batches} batches of "
+                     f"{args.batch_size} training windows")
+    return {"method": "dynamic evaluation (Krause et al., 2018): each window scored, then one step on it",
+            "hyperparameters": hyper, "tuned on": "valid", "tuned on tokens": tune.num_targets,
+            "grid": tuning.grid, "perplexity": figures(scores), "seconds": time.perf_counter() - start}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    try:
+        model, config, k, windows = load(args)
+        streams = {s: score_stream(model, w, args.batch_size, args.precision,
+                                   keep_hidden=args.cache or args.calibrate_temperature, show_bar=args.progress)
+                   for s, w in windows.items() if s != "train"}
     except (CheckpointError, DataError, DeviceError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    nll, ppl = evaluate_perplexity(model, dataset, args.batch_size)
-    print(f"{args.split} perplexity {ppl:.2f} (nll {nll:.4f} nats/token, {dataset.num_targets:,} tokens, "
-          f"window {dataset.max_sequence_length}, predict_last_k {k})")
+    for split, stream in streams.items():
+        print(f"{split} perplexity {stream.perplexity:.2f} (nll {stream.nll:.4f} nats/token, {stream.num_tokens:,} "
+              f"tokens, window {config.model.max_sequence_length}, predict_last_k {k})")
+    result: dict[str, Any] = {
+        "command": "python -m lmtut.evaluate " + " ".join(sys.argv[1:] if argv is None else argv),
+        "checkpoint": args.checkpoint, "window": config.model.max_sequence_length, "predict_last_k": k,
+        "precision": args.precision, "max_tokens": args.max_tokens, "tune_tokens": args.tune_tokens,
+        "static": {s: {"perplexity": st.perplexity, "nll": st.nll, "tokens": st.num_tokens}
+                   for s, st in streams.items()},
+    }
+    if args.calibrate_temperature:
+        result["temperature calibration"] = calibrate(model, streams, args)
+    adapted = {}
+    if args.cache:
+        adapted["neural cache"] = neural_cache(streams, args)
+    if args.dynamic_eval:
+        adapted["dynamic evaluation"] = dynamic(model, windows, args)
+    if adapted:
+        result[ADAPTED] = adapted
+    if args.json:
+        result.update(provenance(model_device(model)))
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -1,0 +1,306 @@
+"""Chapter 8: adapting at test time. The scored stream, the neural cache (Grave et al., 2017), dynamic evaluation
+(Krause et al., 2018), and the command line that tunes them on validation and reports them apart from static
+figures."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+import lmtut.evaluate as evaluate_cli
+import lmtut.train as train_cli
+from lmtut import (LanguageModelingDataset, TransformerLM, TransformerLMConfig, WordTokenizer, evaluate_perplexity,
+                   prepare_corpus, quick_train)
+from lmtut.cache import cache_log_probs, cache_scores, interpolate, tune_cache
+from lmtut.checkpoint import list_checkpoints
+from lmtut.dynamic_eval import KrauseUpdate, dynamic_evaluation, gradient_rms, segment_loss, tune_dynamic_evaluation
+from lmtut.precision import Precision
+from lmtut.stream import TokenScores, score_stream
+
+from helpers import TINY, tiny_model
+
+
+@pytest.fixture(scope="module")
+def bursty(tmp_path_factory):
+    """A corpus of short 'articles', each about a few nouns of its own that it repeats: what a cache is for."""
+    folder = tmp_path_factory.mktemp("bursty")
+    rng = random.Random(0)
+    nouns, verbs = [f"n{i}" for i in range(40)], [f"v{i}" for i in range(6)]
+    for split, articles in (("train", 60), ("valid", 10), ("test", 10)):
+        lines = []
+        for _ in range(articles):
+            topic = rng.sample(nouns, 3)
+            lines += [" ".join(["the", rng.choice(topic), rng.choice(verbs), "a", rng.choice(topic), "."])
+                      for _ in range(8)]
+        (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    tokenizer = WordTokenizer(prepare_corpus(folder).vocab_file)
+    train = LanguageModelingDataset(tokenizer, folder / "train.txt", 16)
+    valid = LanguageModelingDataset(tokenizer, folder / "valid.txt", 16, batch_step=4)
+    model = tiny_model(tokenizer)
+    quick_train(model, train, steps=60, batch_size=8, lr=1e-2, eval_every=1000)
+    return model.eval(), train, valid
+
+
+def windows(tokenizer, ids, k=4):
+    return LanguageModelingDataset(tokenizer, torch.tensor(ids), max_sequence_length=16, batch_step=k)
+
+
+def random_ids(tokenizer, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(4, tokenizer.vocab_size, (n,), generator=g).tolist()  # no special tokens
+
+
+# ----------------------------------------------------------------------------------------------- the stream
+
+
+def test_the_stream_is_the_split_in_order_and_scores_like_evaluate_perplexity(tokenizer, corpus):
+    model = tiny_model(tokenizer).eval()
+    valid = LanguageModelingDataset(tokenizer, corpus / "valid.txt", 16, batch_step=4)
+    stream = score_stream(model, valid, batch_size=5, show_bar=False)
+    assert torch.equal(stream.targets, valid.ids[1:])  # every token once, in the split's order
+    assert stream.hidden.shape == (valid.num_targets, 16)
+    assert math.isclose(stream.perplexity, evaluate_perplexity(model, valid)[1], rel_tol=1e-6)
+    with pytest.raises(ValueError, match="two \\(N,\\) tensors"):
+        TokenScores(torch.zeros(3, dtype=torch.long), torch.zeros(2))
+
+
+# ----------------------------------------------------------------------------------------------- the cache
+
+
+def direct_cache_probs(hidden, targets, size, theta):
+    """p_cache(target_t) by the definition, one position at a time (None: empty cache)."""
+    out = []
+    for t in range(len(targets)):
+        keys = range(max(0, t - size), t)
+        if not keys:
+            out.append(None)
+            continue
+        weights = torch.stack([torch.exp(theta * hidden[t] @ hidden[i]) for i in keys]).double()
+        same = torch.tensor([int(targets[i] == targets[t]) for i in keys], dtype=torch.float64)
+        out.append(float((weights * same).sum() / weights.sum()))
+    return out
+
+
+def test_cache_probabilities_follow_the_definition():
+    g = torch.Generator().manual_seed(0)
+    hidden, targets = torch.randn(40, 5, generator=g), torch.randint(0, 6, (40,), generator=g)
+    got = cache_log_probs(hidden, targets, cache_size=7, thetas=[0.3, 1.5], chunk_size=9)
+    for row, theta in zip(got, (0.3, 1.5)):
+        expected = direct_cache_probs(hidden, targets, 7, theta)
+        assert expected[0] is None and row[0] == -math.inf  # the first position's cache is empty
+        for t in range(1, 40):
+            assert math.isclose(math.exp(row[t]), expected[t], rel_tol=1e-4, abs_tol=1e-7), (t, theta)
+    assert any(row[t] == -math.inf for t in range(1, 40))  # a target that is not in the cache gets nothing
+
+
+def test_the_cache_never_looks_ahead():
+    g = torch.Generator().manual_seed(1)
+    hidden, targets = torch.randn(50, 4, generator=g), torch.randint(0, 5, (50,), generator=g)
+    changed_hidden, changed_targets = hidden.clone(), targets.clone()
+    changed_hidden[30:] = torch.randn(20, 4, generator=g)
+    changed_targets[30:] = (targets[30:] + 1) % 5
+    a = cache_log_probs(hidden, targets, 10, [1.0])
+    b = cache_log_probs(changed_hidden, changed_targets, 10, [1.0])
+    assert torch.equal(a[:, :30], b[:, :30]) and not torch.equal(a[:, 30:], b[:, 30:])
+
+
+def test_a_cache_with_lambda_zero_is_the_static_model(tokenizer, corpus):
+    model = tiny_model(tokenizer).eval()
+    valid = LanguageModelingDataset(tokenizer, corpus / "valid.txt", 16, batch_step=4)
+    stream = score_stream(model, valid, show_bar=False)
+    assert torch.equal(cache_scores(stream, 50, 0.5, 0.0).log_probs, stream.log_probs)
+    mixed = cache_scores(stream, 50, 0.5, 0.3)
+    assert mixed.log_probs[0] == stream.log_probs[0]  # an empty cache leaves the first token alone
+    cached = cache_log_probs(stream.hidden, stream.targets, 50, [0.5])[0]
+    by_hand = torch.log(0.7 * stream.log_probs.exp() + 0.3 * cached.double().exp())
+    assert torch.allclose(mixed.log_probs[1:], by_hand[1:])
+    assert torch.equal(interpolate(stream.log_probs, cached, 1.0)[1:], cached[1:].double())
+    for bad, message in (((0, 0.5, 0.1), "cache_size"), ((5, -1.0, 0.1), "theta"), ((5, 0.5, 1.5), "lambda")):
+        with pytest.raises(ValueError, match=message):
+            cache_scores(stream, *bad)
+
+
+# ----------------------------------------------------------------------------------------------- dynamic evaluation
+
+
+def leaky_dynamic_evaluation(model, dataset, lr):
+    """The wrong order, for the tests to tell apart: learn from a window, then score it."""
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer, log_probs = torch.optim.SGD(model.parameters(), lr=lr), []
+    for idx in range(len(dataset)):
+        batch = [t.unsqueeze(0) for t in dataset[idx]]
+        loss = segment_loss(model, *batch, dataset.pad_id, Precision.of("fp32", "cpu"))[0]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            log_probs.append(segment_loss(model, *batch, dataset.pad_id, Precision.of("fp32", "cpu"))[1])
+    model.load_state_dict(trained)
+    return torch.cat(log_probs)
+
+
+def test_dynamic_evaluation_scores_every_token_once_before_learning_from_it(tokenizer):
+    model = tiny_model(tokenizer).eval()
+    ids = random_ids(tokenizer, 45)
+    # windows of 16 sliding by 4: the fifth scores tokens 28-31; change token 30 and all after it
+    changed = ids[:30] + random_ids(tokenizer, 15, seed=1)
+    a, b = (dynamic_evaluation(model, windows(tokenizer, x), lr=0.5, show_bar=False) for x in (ids, changed))
+    assert a.targets.tolist() == ids  # every token once, in order
+    assert torch.allclose(a.log_probs[:30], b.log_probs[:30], rtol=0, atol=1e-6)  # nothing before 30 sees it
+    assert not torch.allclose(a.log_probs[30:], b.log_probs[30:])
+    leaky_a, leaky_b = (leaky_dynamic_evaluation(model, windows(tokenizer, x), lr=0.5) for x in (ids, changed))
+    assert torch.allclose(leaky_a[:28], leaky_b[:28], rtol=0, atol=1e-6)
+    assert (leaky_a[28:30] - leaky_b[28:30]).abs().max() > 1e-3  # the wrong order: 28, 29 scored after seeing 30
+
+
+def test_a_repeated_sequence_gains_on_its_second_copy_only(tokenizer):
+    model = tiny_model(tokenizer).eval()
+    sequence = random_ids(tokenizer, 48)
+    data = windows(tokenizer, sequence + sequence)
+    static = score_stream(model, data, show_bar=False).log_probs
+    adapted = dynamic_evaluation(model, data, lr=0.3, show_bar=False).log_probs
+    gain = adapted - static
+    first, second = gain[:48].mean().item(), gain[48:].mean().item()
+    assert second > 0.5 and first < 0.2 * second, (first, second)
+    assert torch.equal(adapted[:16], static[:16])  # the first window: nothing learned yet
+    leaky = leaky_dynamic_evaluation(model, data, lr=0.3)
+    assert (leaky - static)[:48].mean().item() > 0.5  # the wrong order "gains" on text it has not read yet
+
+
+def test_dynamic_evaluation_with_lr_zero_is_static_and_restores_the_weights(tokenizer, corpus):
+    model = tiny_model(tokenizer).eval()
+    valid = LanguageModelingDataset(tokenizer, corpus / "valid.txt", 16, batch_step=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    static = score_stream(model, valid, show_bar=False)
+    assert torch.allclose(dynamic_evaluation(model, valid, lr=0.0, show_bar=False).log_probs, static.log_probs,
+                          atol=1e-5)
+    dynamic_evaluation(model, valid, lr=0.1, show_bar=False)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert not model.encoder.embedding.sparse  # the sparse gradients were for the adaptation only
+    with pytest.raises(ValueError, match="unknown dynamic evaluation rule"):
+        dynamic_evaluation(model, valid, lr=0.1, rule="adam")
+    with pytest.raises(ValueError, match="needs gradient statistics"):
+        dynamic_evaluation(model, valid, lr=0.1, rule="rms")
+
+
+def test_krause_update_follows_its_formula():
+    p = torch.nn.Parameter(torch.tensor([1.0, 2.0, 3.0]))
+    q = torch.nn.Parameter(p.detach().clone())
+    sgd, plain = KrauseUpdate([p], lr=0.1), torch.optim.SGD([q], lr=0.1)
+    for _ in range(3):
+        for param, opt in ((p, sgd), (q, plain)):
+            param.grad = torch.tensor([0.5, -1.0, 2.0])
+            opt.step()
+    assert torch.allclose(p, q)  # no RMS, no decay: SGD
+
+    start, rms = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.5, 1.0, 4.0])
+    r = torch.nn.Parameter(start.clone())
+    update = KrauseUpdate([r], lr=0.1, decay=0.2, rms=[rms], eps=1e-3)
+    rate = (0.2 * rms / rms.mean()).clamp(max=1.0)
+    expected = start.clone()
+    for grad in (torch.tensor([0.5, -1.0, 2.0]), torch.tensor([1.0, 1.0, -1.0])):
+        r.grad = grad
+        update.step()
+        expected = expected - 0.1 * grad / (rms + 1e-3) + rate * (start - expected)
+        assert torch.allclose(r, expected)
+    r.grad = None
+    update.step()  # no gradient: only the pull back towards the start
+    assert torch.allclose(r, expected + rate * (start - expected))
+    with pytest.raises(ValueError, match="one tensor per parameter"):
+        KrauseUpdate([r], lr=0.1, rms=[torch.ones(2)])
+
+
+def test_sparse_embedding_gradients_give_the_same_adaptation(tokenizer, corpus):
+    torch.manual_seed(0)
+    model = TransformerLM(TransformerLMConfig(vocab_size=tokenizer.vocab_size, d_model=16, num_layers=1,
+                                              num_attn_heads=2, d_inner=32, max_sequence_length=16, dropout=0.0,
+                                              tie_weights=False)).eval()  # untied: the embedding's own gradient
+    valid = LanguageModelingDataset(tokenizer, corpus / "valid.txt", 16, batch_step=4)
+    train = LanguageModelingDataset(tokenizer, corpus / "train.txt", 16)
+    rms = gradient_rms(model, train, batch_size=4, max_batches=3, show_bar=False)
+    assert len(rms) == len(list(model.parameters())) and all((r >= 0).all() for r in rms)
+    adapted = dynamic_evaluation(model, valid, lr=1e-4, rule="rms", decay=0.05, rms=rms, show_bar=False)
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    update = KrauseUpdate(model.parameters(), lr=1e-4, decay=0.05, rms=rms)  # dense gradients, by hand
+    reference, fp32 = [], Precision.of("fp32", "cpu")
+    for idx in range(len(valid)):
+        loss, log_probs, _ = segment_loss(model, *(t.unsqueeze(0) for t in valid[idx]), valid.pad_id, fp32)
+        reference.append(log_probs)
+        update.zero_grad()
+        loss.backward()
+        assert not model.encoder.embedding.weight.grad.is_sparse
+        update.step()
+    model.load_state_dict(trained)
+    assert torch.allclose(adapted.log_probs, torch.cat(reference), atol=1e-5)
+    assert not torch.allclose(adapted.log_probs, score_stream(model, valid, show_bar=False).log_probs, atol=1e-3)
+
+
+@pytest.mark.parametrize("precision", ["amp-bf16", "amp-fp16"])
+def test_adaptation_runs_in_the_mixed_precision_modes(tokenizer, corpus, precision):
+    model = tiny_model(tokenizer).eval()
+    data = LanguageModelingDataset(tokenizer, torch.tensor(random_ids(tokenizer, 40)), 16, batch_step=4)
+    static = score_stream(model, data, precision="fp32", show_bar=False)
+    mixed = score_stream(model, data, precision=precision, show_bar=False)
+    assert abs(mixed.nll - static.nll) < 0.05 and mixed.hidden.dtype == torch.float32
+    adapted = dynamic_evaluation(model, data, lr=0.1, precision=precision, show_bar=False)
+    assert adapted.num_tokens == 40 and math.isfinite(adapted.nll)
+
+
+# ----------------------------------------------------------------------------------------------- both, for real
+
+
+def test_both_lower_the_validation_perplexity_of_a_briefly_trained_model(bursty):
+    model, train, valid = bursty
+    stream = score_stream(model, valid, show_bar=False)
+    cache = tune_cache(stream, cache_size=100, show_bar=False)
+    assert cache.perplexity < 0.9 * stream.perplexity, (cache, stream.perplexity)
+    assert min(min(row) for row in cache.grid) == cache.perplexity
+    assert cache.perplexity == pytest.approx(cache_scores(stream, 100, cache.theta, cache.lam).perplexity)
+    sgd = tune_dynamic_evaluation(model, valid, lrs=[0.01, 0.05], show_bar=False)
+    assert sgd.perplexity < 0.95 * stream.perplexity, (sgd, stream.perplexity)
+    rms = gradient_rms(model, train, batch_size=8, max_batches=10, show_bar=False)
+    krause = tune_dynamic_evaluation(model, valid, lrs=[1e-3, 1e-2], decays=[0.0, 0.02], rule="rms", rms=rms,
+                                     show_bar=False)
+    assert krause.perplexity < 0.95 * stream.perplexity and len(krause.grid) == 4
+
+
+# ----------------------------------------------------------------------------------------------- the command line
+
+
+def test_the_command_line_tunes_on_valid_and_keeps_adapted_figures_apart(corpus, tmp_path, capsys):
+    work = tmp_path / "run"
+    assert train_cli.main(TINY + ["--data_dir", str(corpus), "--work_dir", str(work), "--max_steps", "6"]) == 0
+    ckpt = str(list_checkpoints(work)[-1])
+    out = tmp_path / "adapted.json"
+    capsys.readouterr()
+    assert evaluate_cli.main([ckpt, "--split", "test", "--data_dir", str(corpus), "--cache", "--cache_size", "20",
+                              "--dynamic_eval", "--dynamic_lr", "1e-4", "1e-3", "--dynamic_rule", "rms",
+                              "--dynamic_decay", "0", "0.02", "--dynamic_stat_batches", "2",
+                              "--calibrate_temperature", "--json", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "test perplexity" in text and "adapted at test time" in text
+    result = json.loads(out.read_text())
+    static_test = json.loads((work / "results.json").read_text())["test_ppl"]
+    assert math.isclose(result["static"]["test"]["perplexity"], static_test, rel_tol=1e-4)
+    adapted = result["adapted at test time"]
+    assert set(adapted) == {"neural cache", "dynamic evaluation"}
+    for method in adapted.values():
+        assert method["tuned on"] == "valid" and set(method["perplexity"]) == {"valid", "test"}
+        assert method["perplexity"]["valid"] == min(p["perplexity"] for p in method["grid"])
+    assert len(adapted["dynamic evaluation"]["grid"]) == 4
+    assert adapted["dynamic evaluation"]["hyperparameters"]["rule"] == "rms"
+    assert set(adapted["neural cache"]["hyperparameters"]) == {"cache_size", "theta", "lambda"}
+    assert result["temperature calibration"]["fitted on"] == "valid"
+
+
+def test_the_command_line_refuses_bad_adaptation_flags(corpus, tmp_path, capsys):
+    for argv, message in ((["--cache_lambda", "1.5", "--cache"], "cache lambda must lie in [0, 1]"),
+                          (["--dynamic_lr", "0.1"], "--dynamic_lr needs --dynamic_eval"),
+                          (["--cache", "--split", "valid", "--max_tokens", "0"], "max_tokens")):
+        with pytest.raises(SystemExit):
+            evaluate_cli.main([str(tmp_path / "none.pt")] + argv)
+        assert message in capsys.readouterr().err
