@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from lmtut import make_config
+from lmtut.datasets import num_windows
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -82,6 +83,8 @@ def computed() -> dict[str, tuple[str, str]]:
         "8,192": ("gpu-base's tokens a step", f"{step_tokens:,}"),
         "13 ms": ("a gpu-base step on the H200",
                   f"{step_tokens / results('runs/gpu-base-h200/results.json')['tokens_per_s'] * 1e3:.0f} ms"),
+        "3,835": ("windows of 256 sliding by 64 over the test split's 245,569 tokens",
+                  f"{num_windows(245_569, 256, 64):,}"),
     }
 
 
