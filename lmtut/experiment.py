@@ -50,17 +50,16 @@ def prepare(config: RunConfig, quiet: bool = False) -> tuple[LanguageModelDataDe
 
 
 def build_datasets(config: RunConfig, corpus: LanguageModelDataDesc, tokenizer: WordTokenizer,
-                   eval_tokens: int | None = None,
-                   train_tokens: int | None = None) -> dict[str, LanguageModelingDataset]:
+                   eval_tokens: int | None = None) -> dict[str, LanguageModelingDataset]:
     """Training windows, and ``predict_last_k`` windows over valid and test (their first ``eval_tokens`` only,
-    when given: a CPU chapter's budget; ``train_tokens`` likewise keeps the training split's first tokens).
+    when given: a CPU chapter's budget).
 
     With ``train_eval_tokens`` set, ``"train_eval"`` holds ``predict_last_k`` windows over the training split's
     first tokens, scored like validation: the training perplexity that chapter 7 draws beside the validation one.
     """
     L, k = config.model.max_sequence_length, config.data.predict_last_k
     datasets = {split: split_dataset(corpus, tokenizer, split, L, None if split == "train" else k,
-                                     train_tokens if split == "train" else eval_tokens) for split in SPLITS}
+                                     None if split == "train" else eval_tokens) for split in SPLITS}
     if config.train.train_eval_tokens:
         first = datasets["train"].ids[1 : 1 + config.train.train_eval_tokens]  # ids[0] is the stream's <eos>
         datasets["train_eval"] = LanguageModelingDataset(tokenizer, first, L, k)

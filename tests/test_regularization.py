@@ -1,4 +1,5 @@
-"""Chapter 7: word dropout, locked dropout, output dropout, weight averaging and the training-slice perplexity."""
+"""Chapter 7: word dropout, locked dropout, output dropout, weight averaging, the training-slice perplexity and the
+small corpus."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from torch import nn
 
 import lmtut.train as train_cli
 from lmtut import (CheckpointCallback, EvaluatorCallback, LanguageModelingDataset, TrainConfig, Trainer,
-                   TransformerLM, TransformerLMConfig, evaluate_perplexity, load_for_inference, make_config)
+                   TransformerLM, TransformerLMConfig, WordTokenizer, evaluate_perplexity, load_for_inference,
+                   make_config, prepare_corpus)
 from lmtut.checkpoint import list_checkpoints, load_checkpoint
 from lmtut.ema import WeightAverage
 from lmtut.regularization import LockedDropout, WordDropout
+from lmtut.small_corpus import small_corpus
 
 from helpers import TINY, Recorder
 
@@ -238,3 +241,21 @@ def test_the_gpu_recipe_builds_and_regularizes():
     assert config.train.ema_decay > 0 and config.train.train_eval_tokens > 0 and config.train.label_smoothing == 0
     lm = TransformerLM(config.model.with_vocab(33_278))
     assert lm.tied and lm.config.num_layers > make_config("gpu-base").model.num_layers
+
+
+def test_a_small_corpus_keeps_whole_first_articles_and_has_its_own_vocabulary(tmp_path):
+    source = tmp_path / "big"
+    source.mkdir()
+    articles = [f" = Title {name} = \n\n {name} words here {name}{name} . \n\n" for name in ("alpha", "beta", "gamma")]
+    (source / "train.txt").write_text("\n" + "".join(articles))
+    for split in ("valid", "test"):
+        (source / f"{split}.txt").write_text(" gamma alpha words . \n")
+    small = prepare_corpus(small_corpus(source, tmp_path / "small", fraction=0.3))
+    assert (tmp_path / "small" / "train.txt").read_text() == "\n" + articles[0]  # the first whole article
+    assert (tmp_path / "small" / "valid.txt").read_text() == (source / "valid.txt").read_text()
+    tokenizer = WordTokenizer(small.vocab_file)
+    assert tokenizer.decode(tokenizer.encode_file(small.valid_file)) == "<unk> alpha words . <eos>"
+    assert small_corpus(source, tmp_path / "all", 1.0).joinpath("train.txt").read_text() == (
+        source / "train.txt").read_text()
+    with pytest.raises(ValueError, match="fraction must lie in"):
+        small_corpus(source, tmp_path / "none", 0.0)
