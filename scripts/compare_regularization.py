@@ -39,9 +39,9 @@ PRESET, FRACTION, EVAL_TOKENS = "cpu-small-data", 0.05, 10_000
 #: Each variant adds its overrides to those of the variants above it.
 VARIANTS: dict[str, dict] = {
     "no regularization": {},
-    "+ dropout": dict(dropout=0.1),  # on every sublayer's output and the attention weights
+    "+ dropout": dict(dropout=0.2),  # on every sublayer's output and the attention weights
     "+ word dropout": dict(word_dropout=0.1),
-    "+ input/output dropout": dict(emb_dropout=0.3, output_dropout=0.3),
+    "+ input/output dropout": dict(emb_dropout=0.4, output_dropout=0.4),
     "+ locked masks": dict(locked_dropout=True),
     "+ weight decay": dict(weight_decay=0.1),
     "+ weight averaging": dict(ema_decay=0.99),
@@ -91,6 +91,7 @@ def main() -> int:
     jobs = [(variant, seed) for variant in args.variants for seed in args.seeds]
     with tempfile.TemporaryDirectory(prefix="lmtut-small-") as folder, ProcessPoolExecutor(args.jobs) as pool:
         data_dir = str(small_corpus(download_wikitext2(quiet=True), folder, FRACTION))
+        prepare(make_config(PRESET, data_dir=data_dir), quiet=True)  # the vocabulary, written once before the runs
         same = [[x] * len(jobs) for x in (extra, args.threads, data_dir)]
         runs = list(pool.map(train_one, *zip(*jobs), *same))
     command = shlex.join(["python", "scripts/compare_regularization.py", *sys.argv[1:]])
