@@ -37,6 +37,7 @@ from lmtut.checkpoint import (CheckpointError, checkpoint_path, list_checkpoints
 from lmtut.datasets import LanguageModelingDataLayer, LanguageModelingDataset
 from lmtut.device import default_device
 from lmtut.ema import WeightAverage
+from lmtut.interrupts import deferred_interrupts
 from lmtut.distributed import barrier, world
 from lmtut.loss import PaddedSmoothedCrossEntropyLoss, targets_suffice
 from lmtut.lr_policies import ALIASES as LR_POLICIES
@@ -306,8 +307,8 @@ class Trainer:
         """One optimizer step over this rank's micro-batches; returns the step's mean loss as a 0-d tensor.
 
         Each micro-batch's mean loss is multiplied by its weight (:meth:`loss_weights`; None: equal weights) before
-        ``backward``: gradient accumulation that equals one large batch. No host-device sync happens here in fp32
-        and bf16 (fp16's scaler makes one).
+        ``backward``: gradient accumulation that equals one large batch. In fp32 and bf16 the host waits for the
+        device only every ``sync_every`` steps, when the NaN check reads the loss back (fp16's scaler syncs every step).
         """
         start = time.perf_counter()
         n = self.world.world_size
@@ -394,15 +395,18 @@ class Trainer:
                 for _ in range(self.step_in_epoch, self.steps_per_epoch):
                     if self.step >= self.total_steps:
                         break
-                    loss = self.train_step(*next(steps))
-                    if self.average is not None:
-                        self.average.update(self.model)
-                    self.step += 1
-                    self.step_in_epoch += 1
-                    if self.step_in_epoch == self.steps_per_epoch:
-                        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                    with deferred_interrupts() as ctrl_c:  # a Ctrl-C now takes effect after the step: whole steps
+                        loss = self.train_step(*next(steps))
+                        if self.average is not None:
+                            self.average.update(self.model)
+                        self.step += 1
+                        self.step_in_epoch += 1
+                        if self.step_in_epoch == self.steps_per_epoch:
+                            self.epoch, self.step_in_epoch = self.epoch + 1, 0
                     for cb in self.callbacks:
                         cb.on_step_end(self, loss)
+                    if ctrl_c:
+                        raise KeyboardInterrupt
             for cb in self.callbacks:
                 cb.on_train_end(self)
         except KeyboardInterrupt:

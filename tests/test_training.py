@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from lmtut import (
     LanguageModelingDataLayer,
     LanguageModelingDataset,
     NovoGrad,
+    PaddedSmoothedCrossEntropyLoss,
     TrainConfig,
     Trainer,
     TrainingDiverged,
@@ -116,6 +119,35 @@ def test_resume_gives_the_same_losses(tokenizer, corpus, tmp_path):
     assert min(second) == 7 and trainer.step == 10
     assert {**first, **second} == pytest.approx(whole, rel=1e-6)
     assert [int(p.stem[-7:]) for p in list_checkpoints(tmp_path / "b")] == [8, 10]  # the newest 2 kept
+
+
+def test_ctrl_c_inside_a_step_waits_for_its_end(tokenizer, corpus, tmp_path):
+    ds = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
+    cfg = TrainConfig(batch_size=4, max_steps=8, lr=1e-2)
+    calls = {"n": 0}
+
+    def loss_with_ctrl_c_in_step_3(log_probs, labels):  # SIGINT arrives mid-step, after the dropout draws
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return PaddedSmoothedCrossEntropyLoss(tokenizer.pad_id)(log_probs, labels)
+
+    def run(work_dir, loss_fn=None, resume=False):
+        rec = Recorder()
+        trainer = Trainer(tiny_model(tokenizer, dropout=0.3), ds, cfg, device="cpu", work_dir=work_dir, loss_fn=loss_fn,
+                          callbacks=[rec, CheckpointCallback(checkpoint_every=100, keep=2)])
+        try:
+            trainer.train(resume=resume)
+        except KeyboardInterrupt:
+            pass
+        return rec.losses, trainer
+
+    whole, _ = run(tmp_path / "a")
+    first, trainer = run(tmp_path / "b", loss_fn=loss_with_ctrl_c_in_step_3)
+    assert trainer.step == 3 and sorted(first) == [1, 2, 3]  # step 3 finished, then the interrupt
+    assert [int(p.stem[-7:]) for p in list_checkpoints(tmp_path / "b")] == [3]
+    second, _ = run(tmp_path / "b", resume=True)
+    assert {**first, **second} == pytest.approx(whole, rel=1e-6)  # the resumed run is the uninterrupted one
 
 
 def test_nan_loss_stops_the_run(tokenizer, corpus):
