@@ -21,6 +21,7 @@ CHAPTERS = [  # (number, title, what it builds in lmtut, column, row)
     (10, "Several GPUs", "torchrun, DDP", 5, 1),
     (11, "Results", "recorded runs,\nbenchmarks", 5, 0),
 ]
+COLORS = {6: "tab:green", 7: "tab:purple", 8: "tab:purple"}  # training, then better on small data
 ARROWS = [(1, 2), (2, 3), (2, 4), (2, 5), (3, 6), (4, 6), (5, 6), (6, 7), (6, 8), (6, 9), (6, 10), (8, 11)]
 
 
@@ -33,7 +34,7 @@ def main() -> None:
     for number, title, builds, col, row in CHAPTERS:
         x, y = col * 1.0 + 0.05, row * 1.0
         where[number] = (x, y)
-        color = {6: "tab:green", 7: "tab:purple", 8: "tab:purple"}.get(number, "tab:blue" if number <= 5 else "tab:orange")
+        color = COLORS.get(number, "tab:blue" if number <= 5 else "tab:orange")
         ax.add_patch(plt.Rectangle((x, y - 0.3), 0.85, 0.6, color=color, alpha=0.18, ec=color))
         ax.text(x + 0.425, y + 0.14, f"{number}. {title}", ha="center", va="center", fontsize=10, weight="bold")
         ax.text(x + 0.425, y - 0.11, builds, ha="center", va="center", fontsize=7.5, family="monospace")
