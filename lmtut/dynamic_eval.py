@@ -94,6 +94,19 @@ class KrauseUpdate(torch.optim.Optimizer):
 
 
 @contextmanager
+def one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """On a CPU, run the block on one thread: a batch-1 window's operations are too small to share between threads
+    (on the book's 2-core CPU, sharing them made dynamic evaluation slower, and many times slower on a busy machine)."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextmanager
 def sparse_embedding_gradients(model: nn.Module) -> Iterator[None]:
     """Within the block, ``nn.Embedding`` layers give sparse gradients (PyTorch's ``sparse=True``): a step on a
     window touches its few dozen rows instead of the whole (V, d) table."""
@@ -142,7 +155,7 @@ def dynamic_evaluation(model: nn.Module, dataset: LanguageModelingDataset, lr: f
     model.eval()
     log_probs, targets = [], []
     try:
-        with torch.enable_grad(), sparse_embedding_gradients(model):
+        with torch.enable_grad(), sparse_embedding_gradients(model), one_cpu_thread(device):
             for idx in tqdm(range(len(dataset)), desc=f"dynamic eval ({rule})", leave=False, disable=not show_bar):
                 ids, mask, labels = (t.unsqueeze(0).to(device) for t in dataset[idx])
                 loss, scored_lp, scored_targets = segment_loss(model, ids, mask, labels, dataset.pad_id, mode)

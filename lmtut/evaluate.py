@@ -130,9 +130,8 @@ def report(name: str, detail: str, scores: dict[str, TokenScores]) -> None:
 def calibrate(model, streams: dict[str, ScoredStream], args) -> dict[str, Any]:
     start = time.perf_counter()
     tune = streams["valid"].first(args.tune_tokens)
-    T = fit_temperature(model.classifier, tune.hidden, tune.targets.to(tune.hidden.device), show_bar=args.progress)
-    scores = {s: TokenScores(st.targets, temperature_log_probs(model.classifier, st.hidden,
-                                                               st.targets.to(st.hidden.device), T))
+    T = fit_temperature(model.classifier, tune.hidden, tune.targets, show_bar=args.progress)
+    scores = {s: TokenScores(st.targets, temperature_log_probs(model.classifier, st.hidden, st.targets, T))
               for s, st in streams.items()}
     report("temperature calibration", f"static model, T = {T:.3f} fitted on valid", scores)
     return {"method": "one softmax temperature (Guo et al., 2017) over every softmax of the classifier",

@@ -174,13 +174,14 @@ def test_a_repeated_sequence_gains_on_its_second_copy_only(tokenizer):
 def test_dynamic_evaluation_with_lr_zero_is_static_and_restores_the_weights(tokenizer, corpus):
     model = tiny_model(tokenizer).eval()
     valid = LanguageModelingDataset(tokenizer, corpus / "valid.txt", 16, batch_step=4)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before, threads = {k: v.clone() for k, v in model.state_dict().items()}, torch.get_num_threads()
     static = score_stream(model, valid, show_bar=False)
     assert torch.allclose(dynamic_evaluation(model, valid, lr=0.0, show_bar=False).log_probs, static.log_probs,
                           atol=1e-5)
     dynamic_evaluation(model, valid, lr=0.1, show_bar=False)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert not model.encoder.embedding.sparse  # the sparse gradients were for the adaptation only
+    assert torch.get_num_threads() == threads  # and so was the single CPU thread
     with pytest.raises(ValueError, match="unknown dynamic evaluation rule"):
         dynamic_evaluation(model, valid, lr=0.1, rule="adam")
     with pytest.raises(ValueError, match="needs gradient statistics"):
