@@ -97,6 +97,7 @@ def test_hand_derived_figures_are_right(figure):
 def quoted() -> list[tuple[str, str]]:
     """(file, the sentence fragment it must contain), each with the figure computed from its results file."""
     cpu = results("runs/cpu-demo/results.json")
+    adapted = results("runs/cpu-demo/adapted.json")["adapted at test time"]
     bf16 = precision_modes("benchmarks/precision-cpu.json")
     fp16 = precision_modes("benchmarks/precision-cpu-fp16.json")
     ratio = {name: results(f"benchmarks/throughput-{name}.json")["ratio"] for name in
@@ -114,6 +115,8 @@ def quoted() -> list[tuple[str, str]]:
         ("README.md", f"{ratio['cpu-bf16']:.2f}x in bf16"),
         ("README.md", f"gpu-base ran at {ratio['h200-bf16']:.2f}x in bf16"),
         ("README.md", f"{ratio['h200-bf16-compile']:.2f}x)"),
+        ("README.md", f"test perplexity of {adapted['neural cache']['perplexity']['test']:.1f} with a neural cache"),
+        ("README.md", f"and {adapted['dynamic evaluation']['perplexity']['test']:.1f} with dynamic evaluation"),
         ("book/intro.md", f"test perplexity of {cpu['test_ppl']:.1f}"),
         ("book/intro.md", f"in {cpu['wall_time_s'] / 60:.1f} minutes"),
         ("book/intro.md", f"an {cpu['parameters'] / 1e6:.1f}M-parameter"),
