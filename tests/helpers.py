@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lmtut import Callback, TransformerLM, TransformerLMConfig
+from lmtut import Callback, CheckpointCallback, Trainer, TransformerLM, TransformerLMConfig
 
 
 def tiny_model(tokenizer, dropout=0.0):
@@ -26,3 +26,15 @@ class Recorder(Callback):
 TINY = ["--d_model", "16", "--num_layers", "1", "--num_attn_heads", "2", "--d_inner", "32",
         "--max_sequence_length", "16", "--predict_last_k", "4", "--batch_size", "4", "--lr", "0.01",
         "--dropout", "0.1", "--eval_every", "4", "--checkpoint_every", "4", "--log_every", "2"]
+
+
+def interrupted_run(model, dataset, config, work_dir, stop_at=None, resume=False, checkpoint_every=4, **kwargs):
+    """Train on the CPU with a Recorder and checkpoints, as a user who may press Ctrl-C: (losses by step, trainer)."""
+    rec = Recorder(stop_at)
+    trainer = Trainer(model, dataset, config, device="cpu", work_dir=work_dir,
+                      callbacks=[rec, CheckpointCallback(checkpoint_every=checkpoint_every, keep=2)], **kwargs)
+    try:
+        trainer.train(resume=resume)
+    except KeyboardInterrupt:
+        pass
+    return rec.losses, trainer

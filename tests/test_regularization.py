@@ -19,7 +19,7 @@ from lmtut.ema import WeightAverage
 from lmtut.regularization import LockedDropout, WordDropout
 from lmtut.small_corpus import small_corpus
 
-from helpers import TINY, Recorder
+from helpers import TINY, Recorder, interrupted_run
 
 V, D, T = 50, 32, 12
 ALL_ON = dict(dropout=0.5, ffn_dropout=0.5, word_dropout=0.5, output_dropout=0.5, locked_dropout=True)
@@ -182,15 +182,8 @@ def test_averaged_weights_survive_a_resume(tokenizer, corpus, tmp_path):
     cfg = TrainConfig(batch_size=4, max_steps=10, lr=1e-2, warmup_ratio=0.2, ema_decay=0.8)
 
     def run(work_dir, stop_at=None, resume=False):
-        rec = Recorder(stop_at)
         lm = model(vocab_size=tokenizer.vocab_size, max_sequence_length=16, **ALL_ON)
-        trainer = Trainer(lm, ds, cfg, device="cpu", work_dir=work_dir,
-                          callbacks=[rec, CheckpointCallback(checkpoint_every=4, keep=2)])
-        try:
-            trainer.train(resume=resume)
-        except KeyboardInterrupt:
-            pass
-        return rec.losses, trainer
+        return interrupted_run(lm, ds, cfg, work_dir, stop_at, resume)
 
     whole, uninterrupted = run(tmp_path / "a")
     first, _ = run(tmp_path / "b", stop_at=6)

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from lmtut import (
-    CheckpointCallback,
     CheckpointError,
     LanguageModelingDataLayer,
     LanguageModelingDataset,
@@ -31,7 +30,7 @@ import lmtut.generate as generate_cli
 import lmtut.train as train_cli
 from lmtut.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
 
-from helpers import TINY, Recorder, tiny_model
+from helpers import TINY, Recorder, interrupted_run, tiny_model
 
 
 # ----------------------------------------------------------------------------------------------- LR policies
@@ -103,14 +102,7 @@ def test_resume_gives_the_same_losses(tokenizer, corpus, tmp_path):
     cfg = TrainConfig(batch_size=4, max_steps=10, lr=1e-2, warmup_ratio=0.2)
 
     def run(work_dir, stop_at=None, resume=False):
-        rec = Recorder(stop_at)
-        trainer = Trainer(tiny_model(tokenizer, dropout=0.3), ds, cfg, device="cpu", work_dir=work_dir,
-                          callbacks=[rec, CheckpointCallback(checkpoint_every=4, keep=2)])
-        try:
-            trainer.train(resume=resume)
-        except KeyboardInterrupt:
-            pass
-        return rec.losses, trainer
+        return interrupted_run(tiny_model(tokenizer, dropout=0.3), ds, cfg, work_dir, stop_at, resume)
 
     whole, _ = run(tmp_path / "a")
     first, _ = run(tmp_path / "b", stop_at=6)  # interrupted after step 6 (a checkpoint is written on Ctrl-C)
@@ -133,14 +125,8 @@ def test_ctrl_c_inside_a_step_waits_for_its_end(tokenizer, corpus, tmp_path):
         return PaddedSmoothedCrossEntropyLoss(tokenizer.pad_id)(log_probs, labels)
 
     def run(work_dir, loss_fn=None, resume=False):
-        rec = Recorder()
-        trainer = Trainer(tiny_model(tokenizer, dropout=0.3), ds, cfg, device="cpu", work_dir=work_dir, loss_fn=loss_fn,
-                          callbacks=[rec, CheckpointCallback(checkpoint_every=100, keep=2)])
-        try:
-            trainer.train(resume=resume)
-        except KeyboardInterrupt:
-            pass
-        return rec.losses, trainer
+        return interrupted_run(tiny_model(tokenizer, dropout=0.3), ds, cfg, work_dir, resume=resume,
+                               checkpoint_every=100, loss_fn=loss_fn)
 
     whole, _ = run(tmp_path / "a")
     first, trainer = run(tmp_path / "b", loss_fn=loss_with_ctrl_c_in_step_3)
