@@ -66,8 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--dynamic_decay", type=float, nargs="+", default=None,
                        help="decay towards the trained weights (grid; default 0 for sgd, 0 and 0.001 for rms)")
     group.add_argument("--dynamic_eps", type=float, default=1e-3, help="the rms rule's epsilon")
-    group.add_argument("--dynamic_stat_batches", type=int, default=50,
-                       help="training batches for the rms rule's gradient statistics")
+    group.add_argument("--dynamic_stat_batches", type=int, default=None,
+                       help="the rms rule's gradient statistics from the first N training batches only (default: "
+                       "the whole training split, as Krause et al.)")
+    group.add_argument("--dynamic_control", action="store_true",
+                       help="also the control: as many steps, taken on training text, scored on --split")
     group = parser.add_argument_group("temperature calibration (Guo et al., 2017)")
     group.add_argument("--calibrate_temperature", action="store_true", help="fit one softmax temperature on valid")
     return parser
@@ -75,12 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: dynamic evaluation's default grids, per rule
 DYNAMIC_DEFAULTS = {"sgd": {"lr": [0.01, 0.03, 0.1], "decay": [0.0]},
-                    "rms": {"lr": [5e-5, 1e-4, 2e-4], "decay": [0.0, 1e-3]}}
+                    "rms": {"lr": [1e-4, 2e-4, 4e-4], "decay": [0.0, 1e-3, 3e-3]}}
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse contradictory or impossible flags with argparse's error (exit status 2)."""
     given = [f"--{n}" for n in ("dynamic_rule", "dynamic_lr", "dynamic_decay") if getattr(args, n) is not None]
+    given += ["--dynamic_control"] * args.dynamic_control
     if given and not args.dynamic_eval:
         parser.error(f"{given[0]} needs --dynamic_eval")
     for name in ("max_tokens", "tune_tokens", "batch_size", "dynamic_stat_batches"):
@@ -115,6 +119,8 @@ def load(args: argparse.Namespace):
     windows = {s: split_dataset(corpus, tokenizer, s, L, k, args.max_tokens) for s in splits}
     if args.dynamic_eval and args.dynamic_rule == "rms":
         windows["train"] = split_dataset(corpus, tokenizer, "train", L)  # training windows, for the statistics
+    if args.dynamic_control:  # the control's steps: the training split's first windows, cut like the evaluated ones
+        windows["control"] = split_dataset(corpus, tokenizer, "train", L, k, windows[args.split].num_targets + L)
     return model, config, k, windows
 
 
@@ -159,24 +165,59 @@ def dynamic(model, windows: dict[str, LanguageModelingDataset], args) -> dict[st
     common = dict(rule=rule, eps=args.dynamic_eps, precision=args.precision, show_bar=args.progress)
     rms = gradient_rms(model, windows["train"], args.batch_size, args.dynamic_stat_batches, args.precision,
                        args.progress) if rule == "rms" else None
+    statistics_seconds = time.perf_counter() - start
     tune = valid = windows["valid"]
     if args.tune_tokens is not None and args.tune_tokens < valid.num_targets:
         tune = LanguageModelingDataset(valid.tokenizer, valid.ids[1:args.tune_tokens + 1], valid.max_sequence_length,
                                        valid.batch_step)
     tuning = tune_dynamic_evaluation(model, tune, args.dynamic_lr, args.dynamic_decay, rms=rms, **common)
-    scores = {s: tuning.scores if w is tune else dynamic_evaluation(model, w, tuning.lr, decay=tuning.decay,
-                                                                    rms=rms, **common)
-              for s, w in windows.items() if s != "train"}
+    warn_unbracketed(tuning)
+    evaluated = [s for s in windows if s not in ("train", "control")]
+    seconds, scores = {}, {}
+    for s in evaluated:
+        t = time.perf_counter()
+        scores[s] = tuning.scores if windows[s] is tune else dynamic_evaluation(
+            model, windows[s], tuning.lr, decay=tuning.decay, rms=rms, **common)
+        seconds[s] = time.perf_counter() - t
     report(f"{ADAPTED}, dynamic evaluation", f"{rule}, lr {tuning.lr:g}, decay {tuning.decay:g}, tuned on valid",
            scores)
     hyper = {"rule": rule, "lr": tuning.lr, "decay": tuning.decay, "segment": f"{tune.batch_step} tokens "
              f"(one predict_last_k window, batch size 1)"}
     if rule == "rms":
-        hyper.update(eps=args.dynamic_eps, gradient_statistics=f"first {args.dynamic_stat_batches} batches of "
-                     f"{args.batch_size} training windows")
-    return {"method": "dynamic evaluation (Krause et al., 2018): each window scored, then one step on it",
-            "hyperparameters": hyper, "tuned on": "valid", "tuned on tokens": tune.num_targets,
-            "grid": tuning.grid, "perplexity": figures(scores), "seconds": time.perf_counter() - start}
+        batches = -(-len(windows["train"]) // args.batch_size)
+        used = batches if args.dynamic_stat_batches is None else min(batches, args.dynamic_stat_batches)
+        hyper.update(eps=args.dynamic_eps, gradient_statistics=f"{used:,} of the {batches:,} batches of "
+                     f"{args.batch_size} training windows" + (" (the whole training split)" * (used == batches)))
+    result = {"method": "dynamic evaluation (Krause et al., 2018): each window scored, then one step on it",
+              "hyperparameters": hyper, "tuned on": "valid", "tuned on tokens": tune.num_targets,
+              "grid": tuning.grid, "bracketed": tuning.bracketed, "perplexity": figures(scores),
+              "seconds": time.perf_counter() - start, "seconds of gradient statistics": statistics_seconds,
+              "seconds per 1,000 tokens": {s: 1000 * seconds[s] / scores[s].num_tokens for s in evaluated
+                                           if windows[s] is not tune}}
+    if args.dynamic_control:
+        result["control"] = control(model, windows, tuning, rms, common, args)
+    return result
+
+
+def warn_unbracketed(tuning) -> None:
+    """Say loudly when a tuned setting ended on an edge of its (widened) grid: it is a corner, not an optimum."""
+    for name, inside in tuning.bracketed.items():
+        if inside is False:
+            value = getattr(tuning, name)
+            print(f"WARNING: dynamic evaluation's best {name} ({value:g}) lies on the edge of its grid even after "
+                  f"widening it: give a wider grid with --dynamic_{name}", file=sys.stderr)
+
+
+def control(model, windows: dict[str, LanguageModelingDataset], tuning, rms, common: dict, args) -> dict[str, Any]:
+    """The same steps, at the tuned setting, taken on training text instead of the evaluated text."""
+    start = time.perf_counter()
+    scores = {args.split: dynamic_evaluation(model, windows[args.split], tuning.lr, decay=tuning.decay, rms=rms,
+                                             update_on=windows["control"], **common)}
+    report("control: dynamic evaluation's steps taken on training text", f"{tuning.rule}, lr {tuning.lr:g}, decay "
+           f"{tuning.decay:g}", scores)
+    return {"method": "as many steps at the tuned setting, each on the next window of the training split's start "
+            "instead of the window just scored (not adaptation: more training)", "perplexity": figures(scores),
+            "seconds": time.perf_counter() - start}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         model, config, k, windows = load(args)
         streams = {s: score_stream(model, w, args.batch_size, args.precision,
                                    keep_hidden=args.cache or args.calibrate_temperature, show_bar=args.progress)
-                   for s, w in windows.items() if s != "train"}
+                   for s, w in windows.items() if s not in ("train", "control")}
     except (CheckpointError, DataError, DeviceError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 import torch  # noqa: E402
 
 from lmtut import build_datasets, build_model, build_trainer, download_wikitext2, make_config, prepare  # noqa: E402
+from lmtut.evidence import compare  # noqa: E402
 from lmtut.small_corpus import small_corpus  # noqa: E402
 from lmtut.device import default_device  # noqa: E402
 from lmtut.files import atomic_write_text  # noqa: E402
@@ -55,6 +56,42 @@ def overrides(variant: str) -> dict:
     for name in names[: names.index(variant) + 1]:
         settings.update(VARIANTS[name])
     return settings
+
+
+#: the settings a variant can change, read back from the built configuration (some default to others: an unset
+#: ``attn_dropout`` or ``emb_dropout`` takes ``dropout``'s value)
+REGULARIZERS = ("dropout", "attn_dropout", "emb_dropout", "ffn_dropout", "word_dropout", "output_dropout",
+                "locked_dropout", "weight_decay", "ema_decay")
+
+
+def in_force(variant: str, **extra) -> dict:
+    """The regularization settings ``variant`` trains with: those of the configuration built from its overrides."""
+    flat = make_config(PRESET, **(overrides(variant) | extra)).flat()
+    return {name: flat[name] for name in REGULARIZERS}
+
+
+def comparisons(ablation: dict) -> list[dict]:
+    """Each variant against the one above it, on the best and the last validation perplexity (lmtut.evidence)."""
+    runs = {(r["variant"], r["seed"]): r for r in ablation["runs"]}
+    variants, seeds = list(ablation["variants"]), sorted({r["seed"] for r in ablation["runs"]})
+    out = []
+    for before, after in zip(variants, variants[1:]):
+        for key in ("best_valid_ppl", "last_valid_ppl"):
+            c = compare([runs[after, s][key] for s in seeds], [runs[before, s][key] for s in seeds], after, before)
+            out.append({"variant": after, "against": before, "measure": key, "verdict": c.verdict, "holds": c.holds,
+                        "mean_difference": c.mean_difference, "sd_difference": c.sd_difference,
+                        "relative": c.relative, "spread": c.spread, "why": c.why()})
+    return out
+
+
+def report(path: Path) -> None:
+    """Print the comparisons of a recorded ablation, and the settings in force of each variant."""
+    ablation = json.loads(path.read_text())
+    for variant in ablation["variants"]:
+        print(f"{variant:24s} {in_force(variant, **ablation.get('extra', {}))}")
+    for c in comparisons(ablation):
+        print(f"{c['variant']:24s} {c['measure']:15s} {c['mean_difference']:+8.2f} +- {c['sd_difference']:6.2f} "
+              f"({c['relative']:+.1%}, spread {c['spread']:.1f}): {c['verdict']} ({c['why']})")
 
 
 def train_one(variant: str, seed: int, extra: dict, threads: int, data_dir: str) -> dict:
@@ -86,7 +123,11 @@ def main() -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                         help="further overrides for every run, e.g. num_epochs=10 (JSON values)")
     parser.add_argument("--out", default=str(ROOT / "results" / "regularization" / "ablation.json"))
+    parser.add_argument("--report", action="store_true", help="train nothing: print the comparisons of --out")
     args = parser.parse_args()
+    if args.report:
+        report(Path(args.out))
+        return 0
     extra = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     jobs = [(variant, seed) for variant in args.variants for seed in args.seeds]
     with tempfile.TemporaryDirectory(prefix="lmtut-small-") as folder, ProcessPoolExecutor(args.jobs) as pool:
@@ -97,7 +138,9 @@ def main() -> int:
     command = shlex.join(["python", "scripts/compare_regularization.py", *sys.argv[1:]])
     out = {"command": command, "preset": PRESET, "settings": make_config(PRESET, **extra).flat(),
            "fraction": FRACTION, "eval_tokens": EVAL_TOKENS, "variants": {v: overrides(v) for v in args.variants},
-           "extra": extra,           "threads_per_run": args.threads, **provenance(default_device()), "runs": runs}
+           "in_force": {v: in_force(v, **extra) for v in args.variants},
+           "extra": extra, "threads_per_run": args.threads, **provenance(default_device()), "runs": runs}
+    out["comparisons"] = comparisons(out)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(args.out), json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.out}")

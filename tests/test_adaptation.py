@@ -17,7 +17,8 @@ from lmtut import (LanguageModelingDataset, TransformerLM, TransformerLMConfig, 
                    prepare_corpus, quick_train)
 from lmtut.cache import cache_log_probs, cache_scores, interpolate, tune_cache
 from lmtut.checkpoint import list_checkpoints
-from lmtut.dynamic_eval import KrauseUpdate, dynamic_evaluation, gradient_rms, segment_loss, tune_dynamic_evaluation
+from lmtut.dynamic_eval import (KrauseUpdate, bracketed, dynamic_evaluation, gradient_rms, lookup_only_embeddings,
+                                segment_loss, tune_dynamic_evaluation, widened)
 from lmtut.precision import Precision
 from lmtut.stream import TokenScores, score_stream
 
@@ -215,6 +216,94 @@ def test_krause_update_follows_its_formula():
         KrauseUpdate([r], lr=0.1, rms=[torch.ones(2)])
 
 
+def test_the_decay_rates_are_normalized_as_in_krause_et_al_code():
+    a, b = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(2, 3))
+    rms = [torch.tensor([1.0, 2.0, 3.0, 30.0]), torch.full((2, 3), 0.5)]
+    update = KrauseUpdate([a, b], lr=0.1, decay=0.01, rms=rms)
+    mean = (rms[0].mean() + rms[1].mean()) / 2  # the mean over the tensors of their mean RMS
+    assert torch.allclose(update.state[a]["decay_rate"], (0.01 * rms[0] / mean).clamp(max=1.0))
+    assert torch.allclose(update.state[b]["decay_rate"], 0.01 * rms[1] / mean)
+    huge = KrauseUpdate([a, b], lr=0.1, decay=0.5, rms=rms)
+    assert huge.state[a]["decay_rate"].max() == 1.0  # clipped at 1 / lambda: decay * r <= 1
+
+
+@pytest.mark.parametrize("rule", ["sgd", "rms"])
+def test_lazy_row_decay_equals_decaying_every_row_at_every_step(rule):
+    torch.manual_seed(0)
+    table = torch.randn(10, 3)
+    rms = [torch.rand(10, 3) + 0.1] if rule == "rms" else None
+    lazy, dense = torch.nn.Parameter(table.clone()), torch.nn.Parameter(table.clone())
+    lazy_update = KrauseUpdate([lazy], lr=0.05, decay=0.1, rms=rms, lazy=[lazy])
+    dense_update = KrauseUpdate([dense], lr=0.05, decay=0.1, rms=rms)
+    lazy.data += 1.0  # move away from the start so that the decay has something to do
+    dense.data += 1.0
+    for step, rows in enumerate(([1, 2], [2, 7], [], [7, 7, 9], [0])):
+        lazy_update.catch_up(lazy, torch.tensor(rows, dtype=torch.long))  # before the rows are read
+        assert torch.allclose(lazy[rows], dense[rows], atol=1e-6), step
+        values = torch.randn(len(rows), 3)
+        index = torch.tensor([rows], dtype=torch.long).reshape(1, -1)
+        for p in (lazy, dense):
+            p.grad = torch.sparse_coo_tensor(index, values, (10, 3)) if rows else None
+        lazy_update.step()
+        dense_update.step()
+    untouched = [3, 4, 5, 6, 8]
+    assert not torch.allclose(lazy[untouched], dense[untouched])  # those rows still wait for their decay ...
+    lazy_update.catch_up(lazy)
+    assert torch.allclose(lazy, dense, atol=1e-6)  # ... and get exactly the steps they waited
+
+
+def test_only_embeddings_read_by_lookups_alone_decay_lazily(tokenizer):
+    untied = TransformerLM(TransformerLMConfig(vocab_size=tokenizer.vocab_size, d_model=16, num_layers=1,
+                                               num_attn_heads=2, d_inner=32, max_sequence_length=16,
+                                               tie_weights=False))
+    assert lookup_only_embeddings(untied) == [untied.encoder.embedding]
+    tied = tiny_model(tokenizer)  # the softmax layer reads every row of a tied embedding
+    assert tied.config.tie_weights and lookup_only_embeddings(tied) == []
+
+
+def test_gradient_statistics_cover_the_whole_training_split_by_default(tokenizer, corpus):
+    model = tiny_model(tokenizer).eval()
+    train = LanguageModelingDataset(tokenizer, corpus / "train.txt", 16)
+    batches = -(-len(train) // 4)
+    whole = gradient_rms(model, train, batch_size=4, show_bar=False)
+    assert all(torch.equal(x, y) for x, y in zip(whole, gradient_rms(model, train, 4, batches, show_bar=False)))
+    first = gradient_rms(model, train, batch_size=4, max_batches=1, show_bar=False)
+    assert not all(torch.equal(x, y) for x, y in zip(whole, first))
+    by_hand = [torch.zeros_like(p) for p in model.parameters()]
+    for start in range(0, len(train), 4):
+        batch = [torch.stack(t) for t in zip(*(train[i] for i in range(start, min(start + 4, len(train)))))]
+        loss = segment_loss(model, *batch, train.pad_id, Precision.of("fp32", "cpu"))[0]
+        for square, grad in zip(by_hand, torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)):
+            square += 0 if grad is None else grad ** 2
+    assert all(torch.allclose(x, (s / batches).sqrt(), atol=1e-7) for x, s in zip(whole, by_hand))
+
+
+def test_the_control_steps_on_other_text_and_gains_less_than_adapting(tokenizer):
+    model = tiny_model(tokenizer).eval()
+    sequence = random_ids(tokenizer, 48)
+    data, other = windows(tokenizer, sequence + sequence), windows(tokenizer, random_ids(tokenizer, 200, seed=3))
+    static = score_stream(model, data, show_bar=False).log_probs
+    adapted = dynamic_evaluation(model, data, lr=0.3, show_bar=False).log_probs
+    control = dynamic_evaluation(model, data, lr=0.3, show_bar=False, update_on=other)
+    assert control.targets.tolist() == sequence + sequence  # it scores the evaluated text, every token once
+    assert torch.equal(control.log_probs[:16], static[:16])  # the first window: no step taken yet
+    assert not torch.allclose(control.log_probs, static)  # the steps on other text change the scores
+    gain = lambda lp: (lp - static)[48:].mean().item()  # noqa: E731  (on the second copy)
+    # an untrained model gains from any text of the same kind (the control: more training), and more from the
+    # text it is reading (adaptation: the second copy repeats the first)
+    assert gain(control.log_probs) > 0.1 and gain(adapted) > gain(control.log_probs) + 0.2
+    with pytest.raises(ValueError, match="a window to step on per scored window"):
+        dynamic_evaluation(model, data, lr=0.3, update_on=windows(tokenizer, random_ids(tokenizer, 20)))
+
+
+def test_a_tuned_setting_must_lie_inside_its_grid():
+    assert bracketed([1, 2, 4], 2) is True and bracketed([1, 2, 4], 4) is False and bracketed([1, 2, 4], 1) is False
+    assert bracketed([0.0, 1e-3], 0.0) is True  # 0 is the bound of the learning rate and the decay
+    assert bracketed([3e-4], 3e-4) is None  # a single value: nothing was tuned
+    assert widened([1e-4, 2e-4], 2e-4) == pytest.approx(4e-4) and widened([1e-4, 2e-4], 1e-4) == pytest.approx(5e-5)
+    assert widened([0.0, 1e-3], 1e-3) == pytest.approx(3e-3) and widened([0.0, 0.5], 0.5, upper=1.0) is None
+
+
 def test_sparse_embedding_gradients_give_the_same_adaptation(tokenizer, corpus):
     torch.manual_seed(0)
     model = TransformerLM(TransformerLMConfig(vocab_size=tokenizer.vocab_size, d_model=16, num_layers=1,
@@ -266,7 +355,8 @@ def test_both_lower_the_validation_perplexity_of_a_briefly_trained_model(bursty)
     rms = gradient_rms(model, train, batch_size=8, max_batches=10, show_bar=False)
     krause = tune_dynamic_evaluation(model, valid, lrs=[1e-3, 1e-2], decays=[0.0, 0.02], rule="rms", rms=rms,
                                      show_bar=False)
-    assert krause.perplexity < 0.95 * stream.perplexity and len(krause.grid) == 4
+    assert krause.perplexity < 0.95 * stream.perplexity and len(krause.grid) >= 4
+    assert krause.bracketed == {"lr": True, "decay": True}  # the grid grew until its optimum lay inside it
 
 
 # ----------------------------------------------------------------------------------------------- the command line
@@ -280,7 +370,7 @@ def test_the_command_line_tunes_on_valid_and_keeps_adapted_figures_apart(corpus,
     capsys.readouterr()
     assert evaluate_cli.main([ckpt, "--split", "test", "--data_dir", str(corpus), "--cache", "--cache_size", "20",
                               "--dynamic_eval", "--dynamic_lr", "1e-4", "1e-3", "--dynamic_rule", "rms",
-                              "--dynamic_decay", "0", "0.02", "--dynamic_stat_batches", "2",
+                              "--dynamic_decay", "0", "0.02", "--dynamic_control",
                               "--calibrate_temperature", "--json", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "test perplexity" in text and "adapted at test time" in text
@@ -292,8 +382,14 @@ def test_the_command_line_tunes_on_valid_and_keeps_adapted_figures_apart(corpus,
     for method in adapted.values():
         assert method["tuned on"] == "valid" and set(method["perplexity"]) == {"valid", "test"}
         assert method["perplexity"]["valid"] == min(p["perplexity"] for p in method["grid"])
-    assert len(adapted["dynamic evaluation"]["grid"]) == 4
-    assert adapted["dynamic evaluation"]["hyperparameters"]["rule"] == "rms"
+    dynamic = adapted["dynamic evaluation"]
+    assert len(dynamic["grid"]) >= 4 and set(dynamic["bracketed"]) == {"lr", "decay"}
+    tried = {p["lr"] for p in dynamic["grid"]}
+    assert (dynamic["bracketed"]["lr"] is True) == (min(tried) < dynamic["hyperparameters"]["lr"] < max(tried))
+    assert dynamic["hyperparameters"]["rule"] == "rms"
+    assert "(the whole training split)" in dynamic["hyperparameters"]["gradient_statistics"]
+    assert set(dynamic["control"]["perplexity"]) == {"test"} and "training" in dynamic["control"]["method"]
+    assert set(dynamic["seconds per 1,000 tokens"]) == {"test"}
     assert set(adapted["neural cache"]["hyperparameters"]) == {"cache_size", "theta", "lambda"}
     assert result["temperature calibration"]["fitted on"] == "valid"
 
@@ -301,6 +397,7 @@ def test_the_command_line_tunes_on_valid_and_keeps_adapted_figures_apart(corpus,
 def test_the_command_line_refuses_bad_adaptation_flags(corpus, tmp_path, capsys):
     for argv, message in ((["--cache_lambda", "1.5", "--cache"], "cache lambda must lie in [0, 1]"),
                           (["--dynamic_lr", "0.1"], "--dynamic_lr needs --dynamic_eval"),
+                          (["--dynamic_control"], "--dynamic_control needs --dynamic_eval"),
                           (["--cache", "--split", "valid", "--max_tokens", "0"], "max_tokens")):
         with pytest.raises(SystemExit):
             evaluate_cli.main([str(tmp_path / "none.pt")] + argv)
