@@ -40,7 +40,9 @@ PRESET, FRACTION, EVAL_TOKENS = "cpu-small-data", 0.05, 10_000
 #: Each variant adds its overrides to those of the variants above it.
 VARIANTS: dict[str, dict] = {
     "no regularization": {},
-    "+ dropout": dict(dropout=0.2),  # on every sublayer's output and the attention weights
+    # on every sublayer's output and the attention weights; the embeddings' dropout (which would default to
+    # ``dropout``) stays off until the input/output row
+    "+ dropout": dict(dropout=0.2, emb_dropout=0.0),
     "+ word dropout": dict(word_dropout=0.1),
     "+ input/output dropout": dict(emb_dropout=0.4, output_dropout=0.4),
     "+ locked masks": dict(locked_dropout=True),
@@ -101,15 +103,18 @@ def train_one(variant: str, seed: int, extra: dict, threads: int, data_dir: str)
         config = make_config(PRESET, seed=seed, work_dir=work, data_dir=data_dir, **(overrides(variant) | extra))
         corpus, tokenizer = prepare(config, quiet=True)
         datasets = build_datasets(config, corpus, tokenizer, EVAL_TOKENS)
+        model = build_model(config, tokenizer)
+        settings = {**vars(model.config), **vars(config.train)}  # read back from what was built
         start = time.perf_counter()
-        trainer = build_trainer(config, build_model(config, tokenizer), datasets, show_bar=False).train()
+        trainer = build_trainer(config, model, datasets, show_bar=False).train()
         seconds = time.perf_counter() - start
         records = [json.loads(line) for line in (Path(work) / "metrics.jsonl").read_text().splitlines()]
     valid = [(r["step"], r["valid_ppl"]) for r in records if "valid_ppl" in r]
     train = [(r["step"], r["train_ppl"]) for r in records if "train_ppl" in r]
     print(f"{variant:24s} seed {seed}: best valid {min(v for _, v in valid):7.1f}, last {valid[-1][1]:7.1f} "
           f"({seconds:.0f} s)", flush=True)
-    return {"variant": variant, "seed": seed, "steps": trainer.step, "seconds": seconds,
+    return {"variant": variant, "seed": seed, "in_force": {name: settings[name] for name in REGULARIZERS},
+            "steps": trainer.step, "seconds": seconds,
             "valid_ppl": valid, "train_ppl": train, "best_valid_ppl": min(v for _, v in valid),
             "last_valid_ppl": valid[-1][1], "last_train_ppl": train[-1][1]}
 
