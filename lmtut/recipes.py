@@ -47,19 +47,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                            label_smoothing=0.0, optimizer_kind="adamw", lr=2e-3, weight_decay=0.0,
                            lr_policy="cosine", warmup_ratio=0.05, num_epochs=16, train_eval_tokens=10_000,
                            eval_every=53, checkpoint_every=10_000, log_every=53, precision="auto"),
-    # Chapter 7's one-GPU recipe against over-fitting; NOT YET MEASURED on a GPU (the chapter says so and estimates
-    # its time). From the published Transformer-XL run with AWD-LSTM's dropouts on WikiText-2 (Dai et al., 2019;
-    # Merity et al., 2018; logs in the repository of Schlag et al., 2021): the deep, narrow, tied shape (16 layers,
-    # d_model 400, 10 heads, d_inner 900), word dropout 0.2, input dropout 0.6 and output dropout 0.5, locked masks,
-    # 0.2 on the residual, attention and feed-forward paths, 3,000 warmup steps, a cosine decay. It trains about a
-    # third of the published 287 epochs, so it takes the low ends of the published ranges (word 0.2-0.3, input
-    # 0.6-0.7). From gpu-base: windows of 256, 32 a step, AdamW at lr 5e-4 (the published 3.5e-4 was for steps of
-    # 4,800 tokens) with beta2 0.98, bf16. From chapter 7's CPU ablation (three seeds): word, input and output
-    # dropout, weight decay 0.1 and an average of the weights each lowered the last validation perplexity in every
-    # seed, so they stay; locked masks were mixed there and come from the published run only. EMA 0.999 averages
-    # over about four epochs. Label smoothing off (not measured to help). torch.compile: gpu-base's step ran 1.21x
-    # faster compiled on an H200. 100 epochs: about 5 minutes of training at gpu-base's measured efficiency, about 9
-    # at half of it, plus start-up, compilation and evaluations (chapter 7's estimate, not a measurement).
+    # Chapter 7's one-GPU recipe against over-fitting, NOT YET MEASURED on a GPU. Shape and dropouts from the
+    # Transformer-XL run with AWD-LSTM's dropouts whose logs chapter 7 cites (at the low ends of their ranges, for a
+    # third of its epochs); windows, batch, lr, beta2 and weight decay from gpu-base; EMA 0.999 and label smoothing
+    # off are unmeasured choices. Chapter 7 gives the source of each setting and estimates the time.
     "gpu-reg": dict(d_model=400, num_layers=16, num_attn_heads=10, d_inner=900, max_sequence_length=256,
                     predict_last_k=64, batch_size=32, dropout=0.2, attn_dropout=0.2, ffn_dropout=0.2,
                     emb_dropout=0.6, word_dropout=0.2, output_dropout=0.5, locked_dropout=True,

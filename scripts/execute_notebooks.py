@@ -1,22 +1,30 @@
 """Re-execute the chapter notebooks in place, the way ``pytest --nbval`` will re-run them, and store outputs.
 
 Run it after changing ``lmtut`` (``python scripts/execute_notebooks.py [notebooks/03_*.ipynb ...]``), then
-check with ``pytest notebooks/`` and commit the notebooks. Like the tests, it uses the current Python
-environment's kernel and points the data code at ``../shared/data/wikitext-2`` when that mirror exists.
+check with ``pytest notebooks/`` and commit the notebooks. Each notebook's execution time (the time its stored
+outputs took) is kept in ``results/notebooks/execution-times.json``, with the machine and commit. Like the tests, it
+uses the current Python environment's kernel and points the data code at ``../shared/data/wikitext-2`` when that mirror exists.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
 import nbformat
+import torch
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+from lmtut.device import default_device, describe_device  # noqa: E402
+from lmtut.provenance import git_commit  # noqa: E402
+
+TIMES = ROOT / "results" / "notebooks" / "execution-times.json"
 SHARED_MIRROR = ROOT.parent / "shared" / "data" / "wikitext-2"
 
 
@@ -48,8 +56,15 @@ def main() -> int:
     if "LMTUT_WIKITEXT2_URL" not in os.environ and SHARED_MIRROR.is_dir():
         os.environ["LMTUT_WIKITEXT2_URL"] = str(SHARED_MIRROR)
     paths = args.notebooks or sorted((ROOT / "notebooks").glob("*.ipynb"))
+    times = json.loads(TIMES.read_text()) if TIMES.is_file() else {}
     for path in paths:
-        print(f"{path.name}: {execute(path.resolve(), args.timeout):.1f} s", flush=True)
+        seconds = execute(path.resolve(), args.timeout)
+        print(f"{path.name}: {seconds:.1f} s", flush=True)
+        times[path.name] = {"seconds": round(seconds, 1), "device_name": describe_device(default_device()),
+                            "torch": torch.__version__, "git_commit": git_commit(),
+                            "date": time.strftime("%Y-%m-%d", time.gmtime())}
+        TIMES.parent.mkdir(parents=True, exist_ok=True)
+        TIMES.write_text(json.dumps(dict(sorted(times.items())), indent=1) + "\n")
     return 0
 
 
