@@ -3,7 +3,8 @@
 Run it after changing ``lmtut`` (``python scripts/execute_notebooks.py [notebooks/03_*.ipynb ...]``), then
 check with ``pytest notebooks/`` and commit the notebooks. Each notebook's execution time (the time its stored
 outputs took) is kept in ``results/notebooks/execution-times.json``, with the machine and commit. Like the tests, it
-uses the current Python environment's kernel and points the data code at ``../shared/data/wikitext-2`` when that mirror exists.
+uses the current Python environment's kernel and points the data code at ``../shared/data/wikitext-2``
+when that mirror exists.
 """
 
 from __future__ import annotations
