@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     check_args(parser, args)
     try:
         model, config, k, windows = load(args)
+        origin = provenance(model_device(model))  # the commit that runs, not the one checked out when it ends
         streams = {s: score_stream(model, w, args.batch_size, args.precision,
                                    keep_hidden=args.cache or args.calibrate_temperature, show_bar=args.progress)
                    for s, w in windows.items() if s not in ("train", "control")}
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     if adapted:
         result[ADAPTED] = adapted
     if args.json:
-        result.update(provenance(model_device(model)))
+        result.update(origin)
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0
 

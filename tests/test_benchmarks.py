@@ -40,3 +40,10 @@ def test_loss_variants_quick(tmp_path):
     assert all(v["tokens_per_s"] > 0 and v["peak_memory_bytes"] > 0 for v in result["variants"])
     losses = [v["first_loss"] for v in result["variants"]]
     assert max(losses) - min(losses) < 1e-4 * losses[0], losses  # three ways to compute one loss
+
+
+def test_dynamic_eval_quick(tmp_path):
+    result = run_benchmark("dynamic_eval.py", tmp_path / "d.json")  # today's code against HEAD's, a tiny model
+    assert set(result["median"]) == {"before", "after"} and all(s > 0 for s in result["median"].values())
+    assert abs(result["speedup"] - result["median"]["before"] / result["median"]["after"]) < 1e-9
+    assert all(len(rounds) == 1 for rounds in result["seconds_per_1000_tokens"].values())
