@@ -243,7 +243,7 @@ def test_lazy_row_decay_equals_decaying_every_row_at_every_step(rule):
         values = torch.randn(len(rows), 3)
         index = torch.tensor([rows], dtype=torch.long).reshape(1, -1)
         for p in (lazy, dense):
-            p.grad = torch.sparse_coo_tensor(index, values, (10, 3)) if rows else None
+            p.grad = torch.sparse_coo_tensor(index, values, (10, 3), check_invariants=True) if rows else None
         lazy_update.step()
         dense_update.step()
     untouched = [3, 4, 5, 6, 8]
