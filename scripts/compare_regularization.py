@@ -134,6 +134,7 @@ def main() -> int:
         report(Path(args.out))
         return 0
     extra = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+    origin = provenance(default_device())  # the commit that runs, not the one checked out when it ends
     jobs = [(variant, seed) for variant in args.variants for seed in args.seeds]
     with tempfile.TemporaryDirectory(prefix="lmtut-small-") as folder, ProcessPoolExecutor(args.jobs) as pool:
         data_dir = str(small_corpus(download_wikitext2(quiet=True), folder, FRACTION))
@@ -144,7 +145,7 @@ def main() -> int:
     out = {"command": command, "preset": PRESET, "settings": make_config(PRESET, **extra).flat(),
            "fraction": FRACTION, "eval_tokens": EVAL_TOKENS, "variants": {v: overrides(v) for v in args.variants},
            "in_force": {v: in_force(v, **extra) for v in args.variants},
-           "extra": extra, "threads_per_run": args.threads, **provenance(default_device()), "runs": runs}
+           "extra": extra, "threads_per_run": args.threads, **origin, "runs": runs}
     out["comparisons"] = comparisons(out)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(args.out), json.dumps(out, indent=1) + "\n")

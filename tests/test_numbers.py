@@ -104,7 +104,10 @@ def quoted() -> list[tuple[str, str]]:
              ("cpu-fp32", "cpu-bf16", "h200-bf16", "h200-bf16-compile")}
     h200_reference = (results("benchmarks/throughput-h200-bf16-compile.json")["reference_tokens_per_s"]
                       / results("benchmarks/throughput-h200-bf16.json")["reference_tokens_per_s"])
+    slowest = max(n["seconds"] for n in results("notebooks/execution-times.json").values())
     return [
+        ("README.md", f"the slowest took {slowest:.0f} s to execute"),
+        ("book/intro.md", f"the slowest took {slowest:.0f} s on the book's"),
         ("README.md", f"validation perplexity {cpu['valid_ppl']:.1f}"),
         ("README.md", f"test perplexity {cpu['test_ppl']:.1f}"),
         ("README.md", f"{cpu['wall_time_s'] / 60:.1f} minutes"),
