@@ -99,15 +99,14 @@ class KrauseUpdate(torch.optim.Optimizer):
 
     def _lazy_step(self, p: torch.Tensor, state: dict, decay: float, lr: float) -> None:
         """The step of a lazily decayed parameter: only the rows of its (sparse) gradient are brought up to date."""
-        if p.grad is not None and not p.grad.is_sparse:  # a dense gradient touches every row
-            self._catch_up(p, state, None, decay)
-            self._lazy_rows_step(p, state, None, decay, lr)
-            return
-        if p.grad is not None:
+        if p.grad is None:
+            return  # every row waits for its decay
+        rows = values = None  # a dense gradient touches every row
+        if p.grad.is_sparse:
             grad = p.grad.coalesce()
-            rows = grad.indices()[0]
-            self._catch_up(p, state, rows, decay)
-            self._lazy_rows_step(p, state, rows, decay, lr, grad.values())
+            rows, values = grad.indices()[0], grad.values()
+        self._catch_up(p, state, rows, decay)
+        self._lazy_rows_step(p, state, rows, decay, lr, values)
 
     def _lazy_rows_step(self, p: torch.Tensor, state: dict, rows: torch.Tensor | None, decay: float, lr: float,
                         values: torch.Tensor | None = None) -> None:
@@ -365,8 +364,10 @@ def tune_dynamic_evaluation(model: nn.Module, dataset: LanguageModelingDataset, 
         more_decay = widened(decays, decay, upper=1.0) if bracketed(decays, decay) is False else None
         if more_lr is None and more_decay is None:
             break
-        lrs, decays = sorted(lrs + [more_lr] * (more_lr is not None)), sorted(decays + [more_decay] *
-                                                                               (more_decay is not None))
+        if more_lr is not None:
+            lrs = sorted(lrs + [more_lr])
+        if more_decay is not None:
+            decays = sorted(decays + [more_decay])
     grid = [{"lr": lr_, "decay": d, "perplexity": s.perplexity} for (lr_, d), s in sorted(results.items())]
     tried_lrs, tried_decays = {lr_ for lr_, _ in results}, {d for _, d in results}
     return DynamicTuning(rule, lr, decay, results[lr, decay], grid,
