@@ -13,10 +13,13 @@ rounding where the computation is the same; a change of the rule itself shows th
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
+import io
+import re
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -34,16 +37,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def module_at(revision: str):
-    """``lmtut/dynamic_eval.py`` as it was at ``revision``, imported as a module of its own."""
-    source = subprocess.run(["git", "show", f"{revision}:lmtut/dynamic_eval.py"], cwd=ROOT, capture_output=True,
-                            text=True, check=True).stdout
-    path = Path(tempfile.mkdtemp(prefix="lmtut-before-")) / "dynamic_eval_before.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("dynamic_eval_before", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    """``lmtut/dynamic_eval.py`` as it was at ``revision``, with the package of that revision around it: the whole
+    ``lmtut/`` of the revision, extracted and imported as ``lmtut_before``."""
+    archive = subprocess.run(["git", "archive", revision, "lmtut"], cwd=ROOT, capture_output=True, check=True).stdout
+    folder = Path(tempfile.mkdtemp(prefix="lmtut-before-"))
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    package = folder / "lmtut_before"
+    (folder / "lmtut").rename(package)
+    for source in package.glob("*.py"):  # its own modules, not today's
+        source.write_text(re.sub(r"\blmtut\.", "lmtut_before.", source.read_text()))
+    sys.path.insert(0, str(folder))
+    try:
+        return importlib.import_module("lmtut_before.dynamic_eval")
+    finally:
+        sys.path.remove(str(folder))
 
 
 def windows_and_statistics(args):
@@ -88,8 +96,7 @@ def main() -> int:
     codes = {"before": module_at(args.before), "after": today}
     seconds: dict[str, list[float]] = {name: [] for name in codes}
     perplexity: dict[str, float] = {}
-    warmup = LanguageModelingDataset(valid.tokenizer, valid.ids[1:1 + 4 * valid.batch_step], valid.max_sequence_length,
-                                     valid.batch_step)
+    warmup = valid.first(4 * valid.batch_step)
     for code in codes.values():  # first calls (allocator, thread pools) are not what is compared
         code.dynamic_evaluation(model, warmup, args.lr, "rms", args.decay, rms, show_bar=False)
     for round_ in range(args.rounds):

@@ -99,7 +99,7 @@ def main() -> int:
     cfg = TrainConfig(batch_size=batch, max_steps=10**9, lr=1e-4, precision=args.precision, compile=args.compile,
                       sync_every=10**9)
     trainer = Trainer(ours, dataset, cfg, device=device)
-    trainer.train_model.train()
+    trainer.wrapped_model.train()
 
     torch.manual_seed(0)
     ref = ReferenceLM(padded, model_config).to(device).train()

@@ -1,28 +1,27 @@
-"""Chapter 6: the callbacks of the seed's ``nf.train``: loss logging, evaluation, checkpoints; and the metrics files.
+"""Chapter 6: the callbacks of NeMo's ``nf.train``, which observe the loop: the loss logger and the metrics files.
 
-A callback gets the trainer at the start, after every optimizer step (with the step's loss as a 0-d tensor: reading
-it with ``float(loss)`` waits for the device, so the logger does that only when it logs), at the end, on Ctrl-C and
-when training closes, and reads what it needs from it (``trainer.step``, ``trainer.model``, ...). A record that one
-callback makes (``trainer.log(record)``) reaches every callback's ``on_log``: :class:`MetricsWriterCallback` writes
-it to ``metrics.jsonl`` and TensorBoard. Under torchrun every rank runs the callbacks; only rank 0 shows a bar,
-logs, evaluates and writes.
+A callback is called at the start, after every optimizer step (with the step's loss as a 0-d tensor: reading it with
+``float(loss)`` waits for the device, so the logger does that only when it logs), at the end and when training
+closes, however it ended; it reads what it needs from the trainer (``trainer.step``, ``trainer.lr``, ...). Every
+record that is logged (``trainer.log(record)``: the loss logger's, the evaluations') reaches every callback's
+``on_log``: :class:`MetricsWriterCallback` writes it to ``metrics.jsonl`` and TensorBoard. Under torchrun every rank
+runs the callbacks; only rank 0 shows a bar and logs.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from lmtut.datasets import LanguageModelingDataset
 from lmtut.files import atomic_write_text
-from lmtut.perplexity import evaluate_perplexity
 
-Trainer = Any  # lmtut.trainer.Trainer, which imports this module
+if TYPE_CHECKING:  # lmtut.trainer imports this module
+    from lmtut.trainer import Trainer
 
 
 class Callback:
@@ -35,29 +34,27 @@ class Callback:
 
     def on_train_end(self, trainer: Trainer) -> None: ...
 
-    def on_interrupt(self, trainer: Trainer) -> None:
-        """Ctrl-C: called before the interrupt propagates."""
-
     def on_close(self, trainer: Trainer) -> None:
         """Always called last, however training ended: release files and bars."""
 
 
 class SimpleLossLoggerCallback(Callback):
-    """A tqdm bar over the run, and every ``log_every`` steps a record of mean loss, learning rate and tokens/s
-    (with fp16, also the loss scale and how many steps the scaler skipped so far)."""
+    """A tqdm bar over the run, and every ``log_every`` steps (the trainer's, unless given) a record of mean loss,
+    learning rate and tokens/s (with fp16, also the loss scale and how many steps the scaler skipped so far)."""
 
-    def __init__(self, log_every: int = 25, show_bar: bool = True):
-        self.log_every, self.show_bar = log_every, show_bar
+    def __init__(self, log_every: int | None = None, show_bar: bool = True, desc: str = "training"):
+        self.log_every, self.show_bar, self.desc = log_every, show_bar, desc
 
     def on_train_start(self, trainer):
-        self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, desc="training",
+        self.every = self.log_every or trainer.config.log_every
+        self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, desc=self.desc,
                         disable=not (self.show_bar and trainer.world.is_main))
         self.losses, self.tokens, self.clock = [], trainer.tokens_seen, trainer.train_seconds
 
     def on_step_end(self, trainer, loss):
         self.losses.append(loss)
         self.bar.update(1)
-        if trainer.step % self.log_every == 0 or trainer.step == trainer.total_steps:
+        if trainer.step % self.every == 0 or trainer.step == trainer.total_steps:
             now = trainer.train_seconds
             rate = (trainer.tokens_seen - self.tokens) / max(now - self.clock, 1e-9)
             mean = torch.stack(self.losses).mean().item()  # the one host-device sync of the logging interval
@@ -71,56 +68,6 @@ class SimpleLossLoggerCallback(Callback):
     def on_close(self, trainer):
         if hasattr(self, "bar"):
             self.bar.close()
-
-
-class EvaluatorCallback(Callback):
-    """Validation perplexity (unsmoothed, each token once) every ``eval_every`` steps and at the end.
-
-    It scores ``trainer.eval_model``: the averaged weights when the run averages them (chapter 7). With
-    ``name="train"`` over a fixed slice of the training split it logs ``train_ppl``, the training perplexity
-    measured the same way (eval mode, no dropout), to draw on the same axes as ``valid_ppl``.
-    """
-
-    def __init__(self, eval_dataset: LanguageModelingDataset, eval_every: int = 500, batch_size: int = 32,
-                 name: str = "valid"):
-        self.dataset, self.eval_every, self.batch_size, self.name = eval_dataset, eval_every, batch_size, name
-        self.last: dict[str, float] | None = None
-
-    def run(self, trainer) -> None:
-        if not trainer.world.is_main:
-            return  # the other ranks go on and wait for rank 0 at the next gradient all-reduce
-        nll, ppl = evaluate_perplexity(trainer.eval_model, self.dataset, self.batch_size)
-        self.last = {"step": trainer.step, f"{self.name}_nll": nll, f"{self.name}_ppl": ppl}
-        trainer.log(self.last)
-
-    def on_step_end(self, trainer, loss):
-        if trainer.step % self.eval_every == 0 and trainer.step != trainer.total_steps:
-            self.run(trainer)
-
-    def on_train_end(self, trainer):
-        if self.last is None or self.last["step"] != trainer.step:  # run() itself does nothing off rank 0
-            self.run(trainer)
-
-
-class CheckpointCallback(Callback):
-    """Atomic checkpoints every ``checkpoint_every`` steps and at the end, keeping the newest ``keep``."""
-
-    def __init__(self, checkpoint_every: int = 500, keep: int = 3):
-        self.checkpoint_every, self.keep = checkpoint_every, keep
-
-    def save(self, trainer, collective: bool = True) -> None:
-        trainer.save_checkpoint(self.keep, collective)
-
-    def on_step_end(self, trainer, loss):
-        if trainer.step % self.checkpoint_every == 0:
-            self.save(trainer)
-
-    def on_train_end(self, trainer):
-        if trainer.step % self.checkpoint_every:
-            self.save(trainer)
-
-    def on_interrupt(self, trainer):
-        self.save(trainer, collective=trainer.world.world_size == 1)  # nothing since the last completed step is lost
 
 
 class MetricsWriterCallback(Callback):

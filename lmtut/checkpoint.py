@@ -2,7 +2,7 @@
 
 A checkpoint is written to ``NAME.part``, flushed to disk, and renamed over ``NAME`` in one atomic step
 (``lmtut.files.atomic_open``), so a crash while saving never destroys the last good checkpoint. Files are
-``ckpt-step0001234.pt``; the newest K are kept.
+``ckpt-step0001234.pt``; the newest K are kept. What a checkpoint holds is one :class:`TrainingCheckpoint`.
 Loading uses ``torch.load(weights_only=True)``: only tensors and plain Python containers, never arbitrary code.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +81,52 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class RunInfo:
+    """What a checkpoint needs besides the weights to be used on its own: the run's config and vocabulary."""
+
+    run_config: dict[str, Any]  # RunConfig.to_dict()
+    model_config: dict[str, Any]  # the model's TransformerLMConfig, as a dict
+    vocab: list[str]  # the tokenizer's id -> token
+
+
+@dataclass
+class TrainingCheckpoint:
+    """One checkpoint: the weights (and their moving average), the trainer's state, and the run it belongs to.
+
+    Written by ``Trainer.save_checkpoint``; read by ``Trainer.resume`` and ``lmtut.load_for_inference`` alike.
+    """
+
+    model: dict[str, torch.Tensor]  # the model's state_dict
+    trainer: dict[str, Any]  # progress, optimization, random generators, train config, precision
+    ema: dict[str, Any] | None = None  # the weight average's state (its "model" is the averaged weights)
+    run: RunInfo | None = None
+
+    REQUIRED_TRAINER_STATE = ("progress", "optimization", "rng")
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain containers and tensors, for ``torch.save`` (and ``torch.load(weights_only=True)``)."""
+        return {"model": self.model, "trainer": self.trainer, "ema": self.ema,
+                "run": None if self.run is None else asdict(self.run)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], source: str = "checkpoint") -> "TrainingCheckpoint":
+        if not isinstance(state, dict) or "model" not in state or "trainer" not in state:
+            raise CheckpointError(f"{source} is not an lmtut training checkpoint (it lacks the model or the trainer "
+                                  "state); train one with python -m lmtut.train")
+        missing = [key for key in cls.REQUIRED_TRAINER_STATE if key not in state["trainer"]]
+        if missing:
+            raise CheckpointError(f"{source} lacks the trainer's {', '.join(missing)}: not an lmtut training "
+                                  "checkpoint")
+        run = state.get("run")
+        return cls(state["model"], state["trainer"], state.get("ema"), RunInfo(**run) if run else None)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "TrainingCheckpoint":
+        return cls.from_state(load_checkpoint(path, map_location), str(path))
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The weights the run evaluated: the moving average when it kept one, else the model's."""
+        return self.ema["model"] if self.ema is not None else self.model

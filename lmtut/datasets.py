@@ -33,7 +33,7 @@ DATASETS = ("wikitext-2",)
 
 @dataclass
 class DataConfig:
-    """Which corpus a run reads and how it is scored (the seed's ``--dataset_name``, ``--data_dir``,
+    """Which corpus a run reads and how it is scored (NeMo's ``--dataset_name``, ``--data_dir``,
     ``--do_lower_case`` and ``--predict_last_k``)."""
 
     dataset_name: str = "wikitext-2"  # the corpus (WikiText-2 is the one lmtut knows)
@@ -152,6 +152,15 @@ class LanguageModelingDataset(Dataset):
             labels = torch.cat([labels, labels.new_full((L - len(labels),), pad)])
         mask = torch.arange(L) < n
         return inputs, mask, labels
+
+    def first(self, n: int | None, batch_step: int | None = None) -> "LanguageModelingDataset":
+        """Windows over this split's first ``n`` tokens (all of them for None), of the same length and, unless
+        ``batch_step`` is given, the same step."""
+        k = batch_step or self.batch_step
+        if (n is None or n >= self.num_targets) and k == self.batch_step:
+            return self
+        return LanguageModelingDataset(self.tokenizer, self.ids[1 : (n or self.num_targets) + 1],
+                                       self.max_sequence_length, k)
 
     def label_counts(self) -> torch.Tensor:
         """How many positions each window scores (its labels that are not ``pad_id``), as an int64 tensor.

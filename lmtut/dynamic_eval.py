@@ -32,6 +32,7 @@ scored on the evaluated ones, which separates adapting to the text from merely t
 
 from __future__ import annotations
 
+import itertools
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,9 +42,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lmtut.datasets import LanguageModelingDataLayer, LanguageModelingDataset
+from lmtut.datasets import LanguageModelingDataset
 from lmtut.precision import Precision
-from lmtut.stream import TokenScores, model_device, scored_positions
+from lmtut.scoring import evaluating, model_device, score_windows, scored_batches
+from lmtut.stream import TokenScores
 
 RULES = ("sgd", "rms")
 
@@ -205,19 +207,6 @@ def rows_caught_up_when_read(embeddings: Sequence[nn.Embedding], optimizer: Krau
             hook.remove()
 
 
-def segment_loss(model: nn.Module, input_ids: torch.Tensor, input_mask: torch.Tensor, labels: torch.Tensor,
-                 pad_id: int, precision: Precision) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mean loss of the scored positions, with its graph; their log-probabilities, detached; their targets).
-
-    The classifier runs on the scored positions only: the context positions need the encoder, not the softmax.
-    """
-    scored = scored_positions(labels, pad_id)
-    with precision.autocast():
-        hidden = model.encoder(input_ids, input_mask)
-        log_probs = model.classifier.target_log_probs(hidden[scored], labels[scored])
-    return -log_probs.float().mean(), log_probs.detach().double(), labels[scored]
-
-
 def dynamic_evaluation(model: nn.Module, dataset: LanguageModelingDataset, lr: float, rule: str = "sgd",
                        decay: float = 0.0, rms: Sequence[torch.Tensor] | None = None, eps: float = 1e-3,
                        precision: str = "fp32", show_bar: bool = True,
@@ -236,27 +225,27 @@ def dynamic_evaluation(model: nn.Module, dataset: LanguageModelingDataset, lr: f
     if update_on is not None and len(update_on) < len(dataset):
         raise ValueError(f"the control needs a window to step on per scored window: {len(update_on)} windows for "
                          f"{len(dataset)}; pass a longer split (the training split)")
-    device, was_training = model_device(model), model.training
+    device = model_device(model)
     mode = Precision.of(precision, device)
     trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
     params = [p for p in model.parameters() if p.requires_grad]
     lookups = lookup_only_embeddings(model)
     optimizer = KrauseUpdate(params, lr, decay, rms if rule == "rms" else None, eps, lazy=[m.weight for m in lookups])
     scaler = mode.grad_scaler()  # fp16: scaled gradients, and steps with an overflow skipped
-    model.eval()
     log_probs, targets = [], []
     try:
-        with torch.enable_grad(), sparse_embedding_gradients(model), one_cpu_thread(device), \
+        with evaluating(model), torch.enable_grad(), sparse_embedding_gradients(model), one_cpu_thread(device), \
                 rows_caught_up_when_read(lookups, optimizer):
             for idx in tqdm(range(len(dataset)), desc=f"dynamic eval ({rule})", leave=False, disable=not show_bar):
-                ids, mask, labels = (t.unsqueeze(0).to(device) for t in dataset[idx])
-                loss, scored_lp, scored_targets = segment_loss(model, ids, mask, labels, dataset.pad_id, mode)
-                log_probs.append(scored_lp.cpu())  # 1. scored, with weights that have not seen these tokens
-                targets.append(scored_targets.cpu())
+                window = (t.unsqueeze(0).to(device) for t in dataset[idx])
+                scores = score_windows(model, *window, dataset.pad_id, mode)
+                log_probs.append(scores.log_probs.detach().double().cpu())  # 1. scored, by weights that have not
+                targets.append(scores.targets.cpu())  # seen these tokens
+                loss = scores.mean_loss()
                 if update_on is not None:  # the control: the step is on training text instead
-                    ids, mask, labels = (t.unsqueeze(0).to(device) for t in update_on[idx])
-                    loss = segment_loss(model, ids, mask, labels, update_on.pad_id, mode)[0]
-                elif len(scored_targets) == 0:
+                    window = (t.unsqueeze(0).to(device) for t in update_on[idx])
+                    loss = score_windows(model, *window, update_on.pad_id, mode).mean_loss()
+                elif len(scores.targets) == 0:
                     continue
                 optimizer.zero_grad(set_to_none=True)  # 2. then learned from
                 scaler.scale(loss).backward()
@@ -264,7 +253,6 @@ def dynamic_evaluation(model: nn.Module, dataset: LanguageModelingDataset, lr: f
                 scaler.update()
     finally:
         model.load_state_dict(trained)
-        model.train(was_training)
     return TokenScores(torch.cat(targets), torch.cat(log_probs))
 
 
@@ -277,27 +265,20 @@ def gradient_rms(model: nn.Module, train: LanguageModelingDataset, batch_size: i
     ``model.parameters()`` order: the mean over batches of each batch's squared mean-loss gradient. The model is in
     eval mode, as during dynamic evaluation, and left unchanged; each batch's graph is freed before the next.
     """
-    device, was_training = model_device(model), model.training
-    mode = Precision.of(precision, device)
+    mode = Precision.of(precision, model_device(model))
     params = [p for p in model.parameters() if p.requires_grad]
     squares = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     total = -(-len(train) // batch_size)
     total = total if max_batches is None else min(max_batches, total)
-    model.eval()
     batches = 0
-    with torch.enable_grad():
-        for input_ids, input_mask, labels in tqdm(LanguageModelingDataLayer(train, batch_size), total=total,
-                                                  desc="gradient statistics", leave=False, disable=not show_bar):
-            if batches == total:
-                break
-            batch = (t.to(device) for t in (input_ids, input_mask, labels))
-            loss = segment_loss(model, *batch, train.pad_id, mode)[0]
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
+    with evaluating(model), torch.enable_grad():
+        scored = scored_batches(model, train, batch_size, mode, show_bar, desc="gradient statistics")
+        for scores in itertools.islice(scored, total):
+            grads = torch.autograd.grad(scores.mean_loss(), params, allow_unused=True)
             for square, grad in zip(squares, grads):
                 if grad is not None:
                     square.add_(grad.float() ** 2)
             batches += 1
-    model.train(was_training)
     if batches == 0:
         raise ValueError("no training batch to collect gradient statistics from")
     return [(square / batches).sqrt() for square in squares]

@@ -17,24 +17,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from dataclasses import replace
 from typing import Any
 
-from lmtut.cache import LAMBDAS, THETAS, cache_scores, check_cache_args, tune_cache
-from lmtut.calibration import fit_temperature, temperature_log_probs
+from lmtut.adaptation import ADAPTED, DynamicSettings, adapt_dynamically, adapt_with_cache, calibrate_temperature
+from lmtut.cache import LAMBDAS, THETAS, check_cache_args
 from lmtut.checkpoint import CheckpointError
 from lmtut.corpus import DataError
-from lmtut.datasets import LanguageModelingDataset, split_dataset
+from lmtut.datasets import split_dataset
 from lmtut.device import DeviceError
-from lmtut.dynamic_eval import RULES, dynamic_evaluation, gradient_rms, tune_dynamic_evaluation
+from lmtut.dynamic_eval import RULES
 from lmtut.experiment import load_for_inference, prepare
 from lmtut.files import atomic_write_text
 from lmtut.precision import PRECISIONS
 from lmtut.provenance import provenance
-from lmtut.stream import ScoredStream, TokenScores, model_device, score_stream
-
-ADAPTED = "adapted at test time"
+from lmtut.scoring import model_device
+from lmtut.stream import score_stream
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +106,8 @@ def adapting(args: argparse.Namespace) -> bool:
 
 
 def load(args: argparse.Namespace):
-    """The model, its run config, and the windows of each split to score (valid first when anything is tuned)."""
+    """The model, its run config, the windows of each split to score (valid first when anything is tuned), and the
+    training windows when dynamic evaluation needs them (the rms rule's statistics, the control's steps)."""
     model, tokenizer, config = load_for_inference(args.checkpoint)
     k = args.predict_last_k or config.data.predict_last_k
     if args.data_dir:
@@ -117,107 +116,15 @@ def load(args: argparse.Namespace):
     splits = list(dict.fromkeys(["valid", args.split])) if adapting(args) else [args.split]
     L = config.model.max_sequence_length
     windows = {s: split_dataset(corpus, tokenizer, s, L, k, args.max_tokens) for s in splits}
-    if args.dynamic_eval and args.dynamic_rule == "rms":
-        windows["train"] = split_dataset(corpus, tokenizer, "train", L)  # training windows, for the statistics
-    if args.dynamic_control:  # the control's steps: the training split's first windows, cut like the evaluated ones
-        windows["control"] = split_dataset(corpus, tokenizer, "train", L, k, windows[args.split].num_targets + L)
-    return model, config, k, windows
+    needs_train = args.dynamic_eval and (args.dynamic_rule == "rms" or args.dynamic_control)
+    train = split_dataset(corpus, tokenizer, "train", L) if needs_train else None
+    return model, config, k, windows, train
 
 
-def figures(scores: dict[str, TokenScores]) -> dict[str, float]:
-    return {split: s.perplexity for split, s in scores.items()}
-
-
-def report(name: str, detail: str, scores: dict[str, TokenScores]) -> None:
-    shown = ", ".join(f"{split} perplexity {s.perplexity:.2f}" for split, s in scores.items())
-    print(f"{name} ({detail}): {shown}")
-
-
-def calibrate(model, streams: dict[str, ScoredStream], args) -> dict[str, Any]:
-    start = time.perf_counter()
-    tune = streams["valid"].first(args.tune_tokens)
-    T = fit_temperature(model.classifier, tune.hidden, tune.targets, show_bar=args.progress)
-    scores = {s: TokenScores(st.targets, temperature_log_probs(model.classifier, st.hidden, st.targets, T))
-              for s, st in streams.items()}
-    report("temperature calibration", f"static model, T = {T:.3f} fitted on valid", scores)
-    return {"method": "one softmax temperature (Guo et al., 2017) over every softmax of the classifier",
-            "fitted on": "valid", "fitted on tokens": tune.num_tokens, "temperature": T,
-            "perplexity": figures(scores), "seconds": time.perf_counter() - start}
-
-
-def neural_cache(streams: dict[str, ScoredStream], args) -> dict[str, Any]:
-    start = time.perf_counter()
-    tune = streams["valid"].first(args.tune_tokens)
-    tuning = tune_cache(tune, args.cache_size, args.cache_theta, args.cache_lambda, show_bar=args.progress)
-    scores = {s: cache_scores(st, args.cache_size, tuning.theta, tuning.lam) for s, st in streams.items()}
-    report(f"{ADAPTED}, neural cache", f"size {args.cache_size}, theta {tuning.theta:g}, lambda {tuning.lam:g}, "
-           "tuned on valid", scores)
-    grid = [{"theta": t, "lambda": lam, "perplexity": tuning.grid[i][j]}
-            for i, t in enumerate(tuning.thetas) for j, lam in enumerate(tuning.lambdas)]
-    return {"method": "neural cache (Grave et al., 2017) over the encoder's last hidden states",
-            "hyperparameters": {"cache_size": args.cache_size, "theta": tuning.theta, "lambda": tuning.lam},
-            "tuned on": "valid", "tuned on tokens": tune.num_tokens, "grid": grid,
-            "perplexity": figures(scores), "seconds": time.perf_counter() - start}
-
-
-def dynamic(model, windows: dict[str, LanguageModelingDataset], args) -> dict[str, Any]:
-    start, rule = time.perf_counter(), args.dynamic_rule
-    common = dict(rule=rule, eps=args.dynamic_eps, precision=args.precision, show_bar=args.progress)
-    rms = gradient_rms(model, windows["train"], args.batch_size, args.dynamic_stat_batches, args.precision,
-                       args.progress) if rule == "rms" else None
-    statistics_seconds = time.perf_counter() - start
-    tune = valid = windows["valid"]
-    if args.tune_tokens is not None and args.tune_tokens < valid.num_targets:
-        tune = LanguageModelingDataset(valid.tokenizer, valid.ids[1:args.tune_tokens + 1], valid.max_sequence_length,
-                                       valid.batch_step)
-    tuning = tune_dynamic_evaluation(model, tune, args.dynamic_lr, args.dynamic_decay, rms=rms, **common)
-    warn_unbracketed(tuning)
-    evaluated = [s for s in windows if s not in ("train", "control")]
-    seconds, scores = {}, {}
-    for s in evaluated:
-        t = time.perf_counter()
-        scores[s] = tuning.scores if windows[s] is tune else dynamic_evaluation(
-            model, windows[s], tuning.lr, decay=tuning.decay, rms=rms, **common)
-        seconds[s] = time.perf_counter() - t
-    report(f"{ADAPTED}, dynamic evaluation", f"{rule}, lr {tuning.lr:g}, decay {tuning.decay:g}, tuned on valid",
-           scores)
-    hyper = {"rule": rule, "lr": tuning.lr, "decay": tuning.decay, "segment": f"{tune.batch_step} tokens "
-             f"(one predict_last_k window, batch size 1)"}
-    if rule == "rms":
-        batches = -(-len(windows["train"]) // args.batch_size)
-        used = batches if args.dynamic_stat_batches is None else min(batches, args.dynamic_stat_batches)
-        hyper.update(eps=args.dynamic_eps, gradient_statistics=f"{used:,} of the {batches:,} batches of "
-                     f"{args.batch_size} training windows" + (" (the whole training split)" * (used == batches)))
-    result = {"method": "dynamic evaluation (Krause et al., 2018): each window scored, then one step on it",
-              "hyperparameters": hyper, "tuned on": "valid", "tuned on tokens": tune.num_targets,
-              "grid": tuning.grid, "bracketed": tuning.bracketed, "perplexity": figures(scores),
-              "seconds": time.perf_counter() - start, "seconds of gradient statistics": statistics_seconds,
-              "seconds per 1,000 tokens": {s: 1000 * seconds[s] / scores[s].num_tokens for s in evaluated
-                                           if windows[s] is not tune}}
-    if args.dynamic_control:
-        result["control"] = control(model, windows, tuning, rms, common, args)
-    return result
-
-
-def warn_unbracketed(tuning) -> None:
-    """Say loudly when a tuned setting ended on an edge of its (widened) grid: it is a corner, not an optimum."""
-    for name, inside in tuning.bracketed.items():
-        if inside is False:
-            value = getattr(tuning, name)
-            print(f"WARNING: dynamic evaluation's best {name} ({value:g}) lies on the edge of its grid even after "
-                  f"widening it: give a wider grid with --dynamic_{name}", file=sys.stderr)
-
-
-def control(model, windows: dict[str, LanguageModelingDataset], tuning, rms, common: dict, args) -> dict[str, Any]:
-    """The same steps, at the tuned setting, taken on training text instead of the evaluated text."""
-    start = time.perf_counter()
-    scores = {args.split: dynamic_evaluation(model, windows[args.split], tuning.lr, decay=tuning.decay, rms=rms,
-                                             update_on=windows["control"], **common)}
-    report("control: dynamic evaluation's steps taken on training text", f"{tuning.rule}, lr {tuning.lr:g}, decay "
-           f"{tuning.decay:g}", scores)
-    return {"method": "as many steps at the tuned setting, each on the next window of the training split's start "
-            "instead of the window just scored (not adaptation: more training)", "perplexity": figures(scores),
-            "seconds": time.perf_counter() - start}
+def dynamic_settings(args: argparse.Namespace) -> DynamicSettings:
+    return DynamicSettings(rule=args.dynamic_rule, lrs=args.dynamic_lr, decays=args.dynamic_decay,
+                           eps=args.dynamic_eps, stat_batches=args.dynamic_stat_batches, batch_size=args.batch_size,
+                           precision=args.precision, show_bar=args.progress)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,11 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_args(parser, args)
     try:
-        model, config, k, windows = load(args)
+        model, config, k, windows, train = load(args)
         origin = provenance(model_device(model))  # the commit that runs, not the one checked out when it ends
         streams = {s: score_stream(model, w, args.batch_size, args.precision,
                                    keep_hidden=args.cache or args.calibrate_temperature, show_bar=args.progress)
-                   for s, w in windows.items() if s not in ("train", "control")}
+                   for s, w in windows.items()}
     except (CheckpointError, DataError, DeviceError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -244,12 +151,15 @@ def main(argv: list[str] | None = None) -> int:
                    for s, st in streams.items()},
     }
     if args.calibrate_temperature:
-        result["temperature calibration"] = calibrate(model, streams, args)
+        result["temperature calibration"] = calibrate_temperature(model, streams, args.tune_tokens, args.progress)
     adapted = {}
     if args.cache:
-        adapted["neural cache"] = neural_cache(streams, args)
+        adapted["neural cache"] = adapt_with_cache(streams, args.cache_size, args.cache_theta, args.cache_lambda,
+                                                   args.tune_tokens, args.progress)
     if args.dynamic_eval:
-        adapted["dynamic evaluation"] = dynamic(model, windows, args)
+        control = args.split if args.dynamic_control else None
+        adapted["dynamic evaluation"] = adapt_dynamically(model, windows, train, dynamic_settings(args),
+                                                          args.tune_tokens, control)
     if adapted:
         result[ADAPTED] = adapted
     if args.json:

@@ -18,15 +18,14 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lmtut.callbacks import (Callback, CheckpointCallback, EvaluatorCallback, MetricsWriterCallback,
-                             SimpleLossLoggerCallback)
-from lmtut.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from lmtut.callbacks import Callback, MetricsWriterCallback, SimpleLossLoggerCallback
+from lmtut.checkpoint import CheckpointError, RunInfo, TrainingCheckpoint, list_checkpoints
 from lmtut.corpus import download_wikitext2
 from lmtut.datasets import LanguageModelDataDesc, LanguageModelingDataset, prepare_corpus, split_dataset
 from lmtut.device import default_device, describe_device
@@ -37,7 +36,7 @@ from lmtut.provenance import provenance
 from lmtut.recipes import RunConfig
 from lmtut.seed import seed_everything
 from lmtut.tokenizer import WordTokenizer
-from lmtut.trainer import TrainConfig, Trainer
+from lmtut.trainer import Trainer
 
 SPLITS = ("train", "valid", "test")
 
@@ -61,8 +60,7 @@ def build_datasets(config: RunConfig, corpus: LanguageModelDataDesc, tokenizer: 
     datasets = {split: split_dataset(corpus, tokenizer, split, L, None if split == "train" else k,
                                      None if split == "train" else eval_tokens) for split in SPLITS}
     if config.train.train_eval_tokens:
-        first = datasets["train"].ids[1 : 1 + config.train.train_eval_tokens]  # ids[0] is the stream's <eos>
-        datasets["train_eval"] = LanguageModelingDataset(tokenizer, first, L, k)
+        datasets["train_eval"] = datasets["train"].first(config.train.train_eval_tokens, batch_step=k)
     return datasets
 
 
@@ -72,33 +70,62 @@ def build_model(config: RunConfig, tokenizer: WordTokenizer) -> TransformerLM:
     return TransformerLM(config.model.with_vocab(tokenizer.vocab_size))
 
 
-def standard_callbacks(config: TrainConfig, valid: LanguageModelingDataset | None,
-                       show_bar: bool = True) -> list[Callback]:
-    """The loss logger, the evaluator (when there is a validation set), checkpoints and the metrics files."""
-    callbacks: list[Callback] = [SimpleLossLoggerCallback(config.log_every, show_bar)]
-    if valid is not None:
-        callbacks.append(EvaluatorCallback(valid, config.eval_every, config.eval_batch_size))
-    return callbacks + [CheckpointCallback(config.checkpoint_every, config.keep_checkpoints), MetricsWriterCallback()]
+def standard_callbacks(show_bar: bool = True) -> list[Callback]:
+    """What observes a run: the loss logger (a progress bar and loss records) and the metrics files."""
+    return [SimpleLossLoggerCallback(show_bar=show_bar), MetricsWriterCallback()]
 
 
 def build_trainer(config: RunConfig, model: TransformerLM, datasets: dict[str, LanguageModelingDataset],
                   device: torch.device | None = None, show_bar: bool = True) -> Trainer:
-    """A Trainer over the training windows, with the standard callbacks, writing to ``config.work_dir``.
+    """A Trainer over the training windows that evaluates ``valid`` (and ``train_eval`` as ``train``, when there),
+    with the standard callbacks, writing to ``config.work_dir``.
 
     Checkpoints carry the run's config and vocabulary, so that :func:`load_for_inference` needs nothing else.
-    With ``train_eval_tokens`` set (and a ``"train_eval"`` dataset), a second evaluator logs ``train_ppl``.
     """
-    tokenizer = datasets["train"].tokenizer
-    callbacks = standard_callbacks(config.train, datasets.get("valid"), show_bar)
-    if "train_eval" in datasets:  # the training slice, scored at each validation (train_ppl)
-        callbacks.append(EvaluatorCallback(datasets["train_eval"], config.train.eval_every,
-                                           config.train.eval_batch_size, name="train"))
-    return Trainer(model, datasets["train"], config.train, callbacks=callbacks, work_dir=config.work_dir,
-                   device=device, extra_state={"run_config": config.to_dict(), "model_config": asdict(model.config),
-                                               "vocab": tokenizer.id_to_token})
+    names = {"valid": "valid", "train_eval": "train"}
+    evaluated = {name: datasets[key] for key, name in names.items() if key in datasets}
+    run_info = RunInfo(config.to_dict(), asdict(model.config), datasets["train"].tokenizer.id_to_token)
+    return Trainer(model, datasets["train"], config.train, evaluated, callbacks=standard_callbacks(show_bar),
+                   work_dir=config.work_dir, device=device, run=run_info)
 
 
-def run(config: RunConfig, resume: bool = False, show_bar: bool = True) -> dict[str, Any] | None:
+@dataclass
+class RunResult:
+    """What a run measured (``results.json``): the last validation, test perplexity, and how it ran."""
+
+    valid_ppl: float
+    valid_nll: float
+    test_ppl: float
+    test_nll: float
+    steps: int
+    tokens: int
+    tokens_per_s: float
+    wall_time_s: float  # of this invocation, evaluation included
+    device: str
+    device_name: str
+    torch: str
+    git_commit: str | None
+    world_size: int
+    precision: str
+    tf32: bool
+    skipped_steps: int
+    parameters: int
+    predict_last_k: int
+    preset: str | None
+    train_ppl: float | None = None  # with train_eval_tokens: the training slice's perplexity
+
+    def to_dict(self) -> dict[str, Any]:
+        """As ``results.json`` holds it (``train_ppl`` after ``valid_nll``, and only when measured)."""
+        d = asdict(self)
+        train_ppl = d.pop("train_ppl")
+        if train_ppl is None:
+            return d
+        keys = list(d)
+        at = keys.index("valid_nll") + 1
+        return {**{k: d[k] for k in keys[:at]}, "train_ppl": train_ppl, **{k: d[k] for k in keys[at:]}}
+
+
+def run(config: RunConfig, resume: bool = False, show_bar: bool = True) -> RunResult | None:
     """Train as ``config`` says, write the work dir, return the results (None on ranks other than 0)."""
     work_dir = Path(config.work_dir)
     if list_checkpoints(work_dir) and not resume:
@@ -111,6 +138,8 @@ def run(config: RunConfig, resume: bool = False, show_bar: bool = True) -> dict[
     if not world.is_main:
         corpus, tokenizer = prepare(config, quiet=True)
     datasets = build_datasets(config, corpus, tokenizer)
+    if "valid" not in datasets:
+        raise ValueError("a run needs a validation split to report its validation perplexity")
     model = build_model(config, tokenizer)
     if world.is_main:
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -125,23 +154,19 @@ def run(config: RunConfig, resume: bool = False, show_bar: bool = True) -> dict[
     trainer.train()
     if not world.is_main:
         return None
-    evaluators = {cb.name: cb.last for cb in trainer.callbacks if isinstance(cb, EvaluatorCallback)}
-    evaluator = evaluators["valid"]
+    valid, train = trainer.last_eval["valid"], trainer.last_eval.get("train")
     # the averaged weights when the run averages them (trainer.eval_model), as in every evaluation during training
     test_nll, test_ppl = evaluate_perplexity(trainer.eval_model, datasets["test"], config.train.eval_batch_size)
-    results = {
-        "valid_ppl": evaluator["valid_ppl"], "valid_nll": evaluator["valid_nll"],
-        **({"train_ppl": evaluators["train"]["train_ppl"]} if "train" in evaluators else {}),
-        "test_ppl": test_ppl, "test_nll": test_nll, "steps": trainer.step, "tokens": trainer.tokens_seen,
-        "tokens_per_s": trainer.tokens_seen / max(trainer.train_seconds, 1e-9),
-        "wall_time_s": time.perf_counter() - start,  # of this invocation, evaluation included
-        **provenance(device), "world_size": world.world_size,
-        "precision": trainer.precision.name, "tf32": trainer.tf32, "skipped_steps": trainer.skipped_steps,
-        "parameters": model.parameter_counts()["total"],
-        "predict_last_k": config.data.predict_last_k, "preset": config.preset,
-    }
-    (work_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    return results
+    result = RunResult(
+        valid_ppl=valid["valid_ppl"], valid_nll=valid["valid_nll"], test_ppl=test_ppl, test_nll=test_nll,
+        steps=trainer.step, tokens=trainer.tokens_seen,
+        tokens_per_s=trainer.tokens_seen / max(trainer.train_seconds, 1e-9), wall_time_s=time.perf_counter() - start,
+        **provenance(device), world_size=world.world_size, precision=trainer.precision.name, tf32=trainer.tf32,
+        skipped_steps=trainer.skipped_steps, parameters=model.parameter_counts()["total"],
+        predict_last_k=config.data.predict_last_k, preset=config.preset,
+        train_ppl=train["train_ppl"] if train else None)
+    (work_dir / "results.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return result
 
 
 def load_for_inference(path: str | Path,
@@ -150,15 +175,14 @@ def load_for_inference(path: str | Path,
 
     A run that averaged its weights (``ema_decay``) is loaded with its averaged weights: the model it evaluated.
     """
-    state = load_checkpoint(path)
-    for key in ("run_config", "vocab", "model"):
-        if key not in state:
-            raise CheckpointError(f"{path} lacks '{key}': not a checkpoint written by lmtut.train")
-    config = RunConfig.from_dict(state["run_config"])
-    tokenizer = WordTokenizer(tokens=state["vocab"])
+    checkpoint = TrainingCheckpoint.read(path)
+    if checkpoint.run is None:
+        raise CheckpointError(f"{path} has no run config or vocabulary: not a checkpoint written by lmtut.train")
+    config = RunConfig.from_dict(checkpoint.run.run_config)
+    tokenizer = WordTokenizer(tokens=checkpoint.run.vocab)
     model = TransformerLM(config.model.with_vocab(tokenizer.vocab_size))
     try:
-        model.load_state_dict(state["ema"]["model"] if "ema" in state else state["model"])
+        model.load_state_dict(checkpoint.weights())
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not fit its own config: {str(e).splitlines()[0]}") from None
     return model.to(device or default_device()).eval(), tokenizer, config

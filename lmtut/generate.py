@@ -3,7 +3,7 @@
     python -m lmtut.generate runs/cpu-demo/checkpoints/ckpt-step0000500.pt --prompt "The game" [--max_tokens 40]
         [--temperature 0.8] [--top_k 40] [--num_samples 1] [--seed 0]
 
-The sampling is :func:`lmtut.sampling.generate_text`; this module is its command line (the seed's ``--interactive``
+The sampling is :func:`lmtut.sampling.generate_text`; this module is its command line (NeMo's ``--interactive``
 mode, reading prompts in a loop, became this one-prompt command).
 """
 

@@ -8,7 +8,7 @@ word, the ``<pad>`` column and the padded rows included:
 
     q = (1 - eps) * one_hot(target) + eps / V,    loss = -sum_w q_w log p_w = (1 - eps) * NLL + eps * mean_w(-log p_w)
 
-The seed (NeMo 0.x) spread eps over the V - 1 *other* classes instead, so that the right word gets exactly
+NeMo 0.x spread eps over the V - 1 *other* classes instead, so that the right word gets exactly
 1 - eps; ``exclude_target=True`` gives that variant. For V = 33,280 the two differ by eps / V in the target's mass.
 """
 
@@ -50,10 +50,10 @@ def nll_and_perplexity(log_probs: torch.Tensor, target_ids: torch.Tensor, pad_id
     return nll, math.exp(nll)
 
 
-def targets_suffice(loss_fn) -> bool:
-    """Whether ``loss_fn`` needs only the targets' log-probabilities, so that the model can score the targets alone
-    (``model(input_ids, targets=labels)``); a loss that does not say is given the whole distribution."""
-    return not getattr(loss_fn, "needs_distribution", True)
+def needs_distribution(loss_fn) -> bool:
+    """Whether ``loss_fn`` needs every word's log-probability; if not, the model scores the targets alone
+    (``model(input_ids, targets=labels)``). A loss that does not say is given the whole distribution."""
+    return getattr(loss_fn, "needs_distribution", True)
 
 
 class PaddedSmoothedCrossEntropyLoss(nn.Module):
@@ -81,7 +81,7 @@ class PaddedSmoothedCrossEntropyLoss(nn.Module):
         eps = self.label_smoothing
         if eps and log_probs.dim() == target_ids.dim():
             raise ValueError("label smoothing needs the whole (batch, time, V) distribution, not only the targets'")
-        if self.exclude_target:  # the seed's variant: eps over the V - 1 other classes
+        if self.exclude_target:  # NeMo's variant: eps over the V - 1 other classes
             V = log_probs.size(-1)
             eps = eps * V / (V - 1)
         mask = target_ids != self.pad_id

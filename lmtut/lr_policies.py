@@ -4,11 +4,11 @@ A policy is a function ``step -> multiplier`` of the base learning rate. Every p
 from ~0 to 1 over ``warmup_steps`` (or ``warmup_ratio * total_steps``), then:
 
 - ``constant``: stays at 1;
-- ``cosine`` (the seed's ``CosineAnnealing``): half a cosine from 1 down to ``min_lr_ratio`` at ``total_steps``;
-- ``linear`` (the seed's ``WarmupAnnealing``): a straight line from 1 down to ``min_lr_ratio``;
+- ``cosine`` (NeMo's ``CosineAnnealing``): half a cosine from 1 down to ``min_lr_ratio`` at ``total_steps``;
+- ``linear`` (NeMo's ``WarmupAnnealing``): a straight line from 1 down to ``min_lr_ratio``;
 - ``inverse_sqrt`` (Vaswani et al., 2017): ``sqrt(warmup_steps / step)`` after the warmup.
 
-``total_steps`` is the run's own length, so the schedule ends when training ends (the seed's schedule reached 0
+``total_steps`` is the run's own length, so the schedule ends when training ends (NeMo's schedule reached 0
 after 50,000 steps while training went on).
 """
 

@@ -5,7 +5,7 @@ and the whole language model.
 vocabulary, returning log-probabilities. ``AdaptiveClassifier`` is the cheaper alternative: a full softmax over the
 frequent words only, and the rare words in clusters behind narrower projections (PyTorch's
 ``nn.AdaptiveLogSoftmaxWithLoss``). ``TransformerLM`` puts the encoder of Chapter 3 and a classifier together; with
-``tie_weights=True`` the classifier's last layer *is* the embedding matrix (one tensor, not a copy), as in the seed
+``tie_weights=True`` the classifier's last layer *is* the embedding matrix (one tensor, not a copy), as in the NeMo
 tutorial.
 
 Every classifier gives the whole distribution (``classifier(hidden)``: (B, T, V) log-probabilities, for sampling

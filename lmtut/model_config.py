@@ -2,7 +2,7 @@
 
 Every module of the model receives this one object (``TransformerLM(config)``, ``TransformerEncoder(config)``,
 ``TransformerBlock(config)``, ``CausalSelfAttention(config)``), as in nanoGPT: a hyperparameter is named once and
-read where it is used. The defaults are the seed tutorial's model (NeMo 0.x's ``transformer_lm.py``: 12 layers,
+read where it is used. The defaults are the NeMo tutorial's model (NeMo 0.x's ``transformer_lm.py``: 12 layers,
 d_model 384); the presets of ``lmtut.recipes`` override them.
 """
 
@@ -26,10 +26,10 @@ class TransformerLMConfig:
     num_layers: int = 12  # Transformer blocks
     num_attn_heads: int = 6  # attention heads per block (d_model must divide among them)
     d_inner: int = 1536  # width of the feed-forward network's hidden layer
-    max_sequence_length: int = 256  # tokens a window reads (the seed's max_seq_length)
-    dropout: float = 0.2  # on each sublayer's output (the seed's attn_layer_dropout); default of the next two
-    attn_dropout: float | None = None  # on the attention weights (the seed's attn_score_dropout)
-    emb_dropout: float | None = None  # on the embeddings plus positions (the seed's embedding_dropout)
+    max_sequence_length: int = 256  # tokens a window reads (NeMo's max_seq_length)
+    dropout: float = 0.2  # on each sublayer's output (NeMo's attn_layer_dropout); default of the next two
+    attn_dropout: float | None = None  # on the attention weights (NeMo's attn_score_dropout)
+    emb_dropout: float | None = None  # on the embeddings plus positions (NeMo's embedding_dropout)
     ffn_dropout: float = 0.0  # inside the feed-forward network, after its activation
     word_dropout: float = 0.0  # drop whole word types from the embedding, the same words at every position of a batch
     output_dropout: float = 0.0  # on the final hidden states, before the softmax layer

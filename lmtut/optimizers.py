@@ -1,6 +1,6 @@
-"""Chapter 6: optimizers by name, as the seed's ``optimizer_kind`` chose them: adam, adamw, sgd and novograd.
+"""Chapter 6: optimizers by name, as NeMo's ``optimizer_kind`` chose them: adam, adamw, sgd and novograd.
 
-NovoGrad (Ginsburg et al., 2019), the seed's optimizer, keeps Adam's first moment but only one second-moment
+NovoGrad (Ginsburg et al., 2019), NeMo's optimizer, keeps Adam's first moment but only one second-moment
 *scalar per layer* (the running mean of the squared gradient norm), normalizes each layer's gradient by it, and
 adds the weight decay to the normalized gradient. PyTorch has no NovoGrad, so a small implementation follows.
 """

@@ -11,27 +11,19 @@ import math
 import torch
 from torch import nn
 
-from lmtut.datasets import LanguageModelingDataLayer, LanguageModelingDataset
-from lmtut.loss import summed_nll
+from lmtut.datasets import LanguageModelingDataset
+from lmtut.scoring import evaluating, scored_batches
 
 
 @torch.no_grad()
 def evaluate_perplexity(model: nn.Module, dataset: LanguageModelingDataset,
                         batch_size: int = 32) -> tuple[float, float]:
-    """(mean negative log-likelihood in nats, perplexity) over every scored label of ``dataset``, unsmoothed.
-
-    The model is asked for the targets' log-probabilities only (``model(input_ids, input_mask, targets=labels)``).
-    """
-    was_training = model.training
-    model.eval()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    pad = dataset.pad_id
-    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
-    for input_ids, input_mask, labels in LanguageModelingDataLayer(dataset, batch_size):
-        input_ids, input_mask, labels = input_ids.to(device), input_mask.to(device), labels.to(device)
-        batch_total, batch_count = summed_nll(model(input_ids, input_mask, targets=labels), labels, pad)
-        total += batch_total
-        count += int(batch_count)
-    model.train(was_training)
-    nll = total.item() / max(count, 1)
+    """(mean negative log-likelihood in nats, perplexity) over every scored label of ``dataset``, unsmoothed,
+    in eval mode (the model's training flag is restored after)."""
+    total, count = 0.0, 0
+    with evaluating(model):
+        for scores in scored_batches(model, dataset, batch_size):
+            total -= scores.log_probs.double().sum().item()
+            count += len(scores.targets)
+    nll = total / max(count, 1)
     return nll, math.exp(nll)

@@ -1,4 +1,4 @@
-"""Chapter 9: mixed precision, the seed's ``amp_opt_level`` (NVIDIA Apex O0/O1/O2) mapped onto ``torch.amp``.
+"""Chapter 9: mixed precision, NeMo's ``amp_opt_level`` (NVIDIA Apex O0/O1/O2) mapped onto ``torch.amp``.
 
 Modes (Micikevicius et al., 2018, *Mixed Precision Training*):
 
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
+from lmtut.nemo_compat import O_LEVELS
+
 PRECISIONS = ("fp32", "amp-fp16", "amp-bf16")
-#: the seed's --amp_opt_level values
-O_LEVELS = {"O0": "fp32", "O1": "amp-fp16", "O2": "amp-fp16"}
 DTYPES = {"fp32": None, "amp-fp16": torch.float16, "amp-bf16": torch.bfloat16}
 
 

@@ -1,25 +1,39 @@
 """Chapters 3 to 5: a short training run, for side-by-side experiments that fit a laptop CPU's budget.
 
-``quick_train`` is the smallest honest training loop: AdamW, linear warmup, gradient clipping, a seeded shuffle,
-and validation perplexity measured the right way (``evaluate_perplexity``: unsmoothed, each scored token once).
-Chapter 6 replaces it with the full ``Trainer`` (schedules, accumulation, callbacks, checkpoints).
+``quick_train`` is chapter 6's ``Trainer`` with a short recipe: AdamW at a constant learning rate after a linear
+warmup, gradient clipping, a seeded shuffle, fp32, and validation perplexity measured the right way (unsmoothed,
+each scored token once) before the first step and every ``eval_every`` steps. It keeps no checkpoints.
 """
 
 from __future__ import annotations
 
-import itertools
-import time
 from typing import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from lmtut.datasets import LanguageModelingDataLayer, LanguageModelingDataset
-from lmtut.loss import PaddedSmoothedCrossEntropyLoss, targets_suffice
-from lmtut.perplexity import evaluate_perplexity
+from lmtut.callbacks import Callback, SimpleLossLoggerCallback
+from lmtut.datasets import LanguageModelingDataset
+from lmtut.scoring import model_device
+from lmtut.trainer import TrainConfig, Trainer
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class History(Callback):
+    """Every step's training loss and every validation perplexity, as lists (the loss read back each step)."""
+
+    def __init__(self):
+        self.history: dict[str, list[float]] = {"step": [], "train_loss": [], "eval_step": [], "valid_ppl": []}
+
+    def on_step_end(self, trainer, loss):
+        self.history["step"].append(trainer.step)
+        self.history["train_loss"].append(float(loss))
+
+    def on_log(self, trainer, record):
+        if "valid_ppl" in record:
+            self.history["eval_step"].append(record["step"])
+            self.history["valid_ppl"].append(record["valid_ppl"])
 
 
 def quick_train(
@@ -38,44 +52,18 @@ def quick_train(
     seed: int = 0,
     desc: str = "training",
 ) -> dict[str, list[float]]:
-    """Train ``model`` for ``steps`` batches; return its history (step, train loss, validation perplexity).
+    """Train ``model`` for ``steps`` batches, where it is; return its history (step, train loss, validation
+    perplexity at ``eval_step``, tokens per second).
 
     ``loss_fn(log_probs, labels)`` defaults to the plain negative log-likelihood ignoring padding
     (``PaddedSmoothedCrossEntropyLoss`` without smoothing), for which the model scores the targets alone.
     """
-    loss_fn = loss_fn or PaddedSmoothedCrossEntropyLoss(train.pad_id)
-    targets_only = targets_suffice(loss_fn)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup_steps))
-    batches = itertools.chain.from_iterable(
-        LanguageModelingDataLayer(train, batch_size, shuffle=True,
-                                  generator=torch.Generator().manual_seed(seed + epoch))
-        for epoch in itertools.count()
-    )
-    history: dict[str, list[float]] = {"step": [], "train_loss": [], "eval_step": [], "valid_ppl": []}
-
-    def validate(step: int) -> None:
-        if valid is not None:
-            history["eval_step"].append(step)
-            history["valid_ppl"].append(evaluate_perplexity(model, valid, batch_size)[1])
-
-    model.train()
-    validate(0)
-    start, tokens = time.perf_counter(), 0
-    bar = tqdm(range(1, steps + 1), desc=desc, leave=False)
-    for step in bar:
-        input_ids, input_mask, labels = next(batches)
-        loss = loss_fn(model(input_ids, input_mask, targets=labels if targets_only else None), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-        optimizer.step()
-        schedule.step()
-        tokens += input_ids.numel()
-        history["step"].append(step)
-        history["train_loss"].append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.2f}", tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
-        if step % eval_every == 0 or step == steps:
-            validate(step)
-    history["tokens_per_s"] = [tokens / (time.perf_counter() - start)]
-    return history
+    config = TrainConfig(batch_size=batch_size, max_steps=steps, lr=lr, lr_policy="constant",
+                         warmup_steps=warmup_steps, weight_decay=weight_decay, clip_grad_norm=clip_grad_norm,
+                         eval_every=eval_every, eval_batch_size=batch_size, log_every=steps, seed=seed)
+    recorder = History()
+    trainer = Trainer(model, train, config, {"valid": valid} if valid is not None else None, loss_fn,
+                      callbacks=[recorder, SimpleLossLoggerCallback(desc=desc)], device=model_device(model))
+    trainer.evaluate()  # before the first step
+    trainer.train()
+    return {**recorder.history, "tokens_per_s": [trainer.tokens_seen / max(trainer.train_seconds, 1e-9)]}

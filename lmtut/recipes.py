@@ -18,7 +18,8 @@ from typing import Any
 
 from lmtut.datasets import DataConfig
 from lmtut.model_config import TransformerLMConfig
-from lmtut.trainer import TrainConfig
+from lmtut.nemo_compat import NEMO_ALIASES
+from lmtut.train_config import TrainConfig
 
 #: The three parts of a run's configuration.
 SECTIONS: dict[str, type] = {"model": TransformerLMConfig, "train": TrainConfig, "data": DataConfig}
@@ -58,46 +59,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                     lr_policy="cosine", warmup_steps=3000, num_epochs=100, ema_decay=0.999,
                     train_eval_tokens=200_000, eval_every=2540, checkpoint_every=6350, log_every=254,
                     precision="auto", compile=True, vocab_multiple=128),
-    # The seed tutorial's defaults; its 50,000-step cosine schedule now ends with the run.
+    # The NeMo tutorial's defaults; its 50,000-step cosine schedule now ends with the run.
     "nemo": dict(d_model=384, num_layers=12, num_attn_heads=6, d_inner=1536, max_sequence_length=256,
                  predict_last_k=16, batch_size=32, dropout=0.2, label_smoothing=0.1, optimizer_kind="novograd",
                  lr=0.002, beta1=0.95, beta2=0.25, weight_decay=0.0, lr_policy="cosine",
                  warmup_ratio=0.02, max_steps=50_000, eval_every=1000, checkpoint_every=1000, log_every=100),
 }
-
-#: The seed's (NeMo 0.x ``transformer_lm.py``) flag names, and earlier lmtut names, accepted as aliases.
-SEED_ALIASES: dict[str, str] = {
-    "max_seq_length": "max_sequence_length",
-    "attn_layer_dropout": "dropout",
-    "attn_score_dropout": "attn_dropout",
-    "embedding_dropout": "emb_dropout",
-    "iter_per_step": "batches_per_step",
-    "lr_warmup_proportion": "warmup_ratio",
-    "amp_opt_level": "precision",
-    "eval_freq": "eval_every",
-    "save_step_freq": "checkpoint_every",
-    "checkpoint_save_freq": "checkpoint_every",
-    "loss_log_freq": "log_every",
-}
-#: The arguments of the seed's ``transformer_lm.py`` (NeMo 0.x), in its order, with ``NemoArgParser``'s LR settings.
-SEED_FLAGS = ("train_dataset", "eval_dataset", "work_dir", "optimizer_kind", "amp_opt_level", "num_epochs",
-              "batch_size", "eval_batch_size", "lr", "beta1", "beta2", "weight_decay", "warmup_steps", "max_steps",
-              "iter_per_step", "eval_freq", "lr_policy", "lr_warmup_proportion", "data_dir", "dataset_name",
-              "d_model", "d_inner", "num_layers", "num_attn_heads", "embedding_dropout", "ffn_dropout",
-              "attn_score_dropout", "attn_layer_dropout", "max_seq_length", "do_lower_case", "label_smoothing",
-              "beam_size", "tokenizer_model", "predict_last_k", "save_epoch_freq", "save_step_freq", "interactive",
-              "local_rank")
-#: The seed's flags that lmtut does not take, and what replaced each.
-RETIRED_SEED_FLAGS: dict[str, str] = {
-    "interactive": "sample from a checkpoint with python -m lmtut.generate CHECKPOINT --prompt TEXT",
-    "beam_size": "lmtut samples (python -m lmtut.generate --temperature, --top_k); it has no beam search",
-    "tokenizer_model": "the vocabulary is built from the training split (vocab.txt in the data folder)",
-    "save_epoch_freq": "checkpoints are counted in steps: --checkpoint_every",
-    "train_dataset": "the splits are WikiText-2's train.txt, valid.txt and test.txt in --data_dir",
-    "eval_dataset": "the splits are WikiText-2's train.txt, valid.txt and test.txt in --data_dir",
-    "local_rank": "torchrun sets LOCAL_RANK in the environment; lmtut reads it there",
-}
-
 
 def field_comments(cls: type) -> dict[str, str]:
     """The comment beside each field of a dataclass's source (``name: type = default  # this``): the settings'
@@ -158,7 +125,7 @@ def make_config(preset: str | None = None, base: RunConfig | None = None, **over
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
     owners = setting_sections()
-    overrides = {SEED_ALIASES.get(k, k): v for k, v in overrides.items()}
+    overrides = {NEMO_ALIASES.get(k, k): v for k, v in overrides.items()}
     unknown = sorted(set(overrides) - set(owners))
     if unknown:
         raise ValueError(f"unknown setting(s) {', '.join(unknown)}; the settings are {', '.join(sorted(owners))}")

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
-
-from lmtut.datasets import LanguageModelingDataLayer, LanguageModelingDataset
+from lmtut.datasets import LanguageModelingDataset
 from lmtut.precision import Precision
+from lmtut.scoring import evaluating, model_device, scored_batches
 
 
 @dataclass
@@ -66,15 +65,6 @@ class ScoredStream(TokenScores):
         return ScoredStream(self.targets[:n], self.log_probs[:n], hidden)
 
 
-def model_device(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
-
-
-def scored_positions(labels: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """The positions a batch of windows scores (labels that are not padding), as a boolean mask."""
-    return labels != pad_id
-
-
 @torch.no_grad()
 def score_stream(model: nn.Module, dataset: LanguageModelingDataset, batch_size: int = 32,
                  precision: str = "fp32", keep_hidden: bool = True, show_bar: bool = True) -> ScoredStream:
@@ -82,24 +72,15 @@ def score_stream(model: nn.Module, dataset: LanguageModelingDataset, batch_size:
 
     Any windows of a ``LanguageModelingDataset`` read in order give the split's tokens in order (``predict_last_k``
     windows, ``batch_step=k``, are the ones with context); the stream's perplexity is
-    :func:`lmtut.evaluate_perplexity`'s.
+    :func:`lmtut.evaluate_perplexity`'s, from the same scores (``lmtut.scoring``).
     ``precision`` is a mode of ``lmtut.precision`` (``fp32``, ``amp-bf16``, ``amp-fp16``, ``auto``).
     """
-    was_training = model.training
-    model.eval()
-    device = model_device(model)
-    mode = Precision.of(precision, device)
+    mode = Precision.of(precision, model_device(model))
     targets, log_probs, hidden = [], [], []
-    batches = LanguageModelingDataLayer(dataset, batch_size)
-    for input_ids, input_mask, labels in tqdm(batches, desc="scoring", leave=False, disable=not show_bar):
-        input_ids, input_mask, labels = input_ids.to(device), input_mask.to(device), labels.to(device)
-        scored = scored_positions(labels, dataset.pad_id)  # row-major: window after window, left to right
-        with mode.autocast():
-            states = model.encoder(input_ids, input_mask)[scored]  # (n, d): the softmax runs on scored ones only
-            picked = model.classifier.target_log_probs(states, labels[scored])
-        targets.append(labels[scored].cpu())
-        log_probs.append(picked.double().cpu())
-        if keep_hidden:
-            hidden.append(states.float())
-    model.train(was_training)
+    with evaluating(model):
+        for scores in scored_batches(model, dataset, batch_size, mode, show_bar):
+            targets.append(scores.targets.cpu())
+            log_probs.append(scores.log_probs.double().cpu())
+            if keep_hidden:
+                hidden.append(scores.hidden.float())
     return ScoredStream(torch.cat(targets), torch.cat(log_probs), torch.cat(hidden) if keep_hidden else None)

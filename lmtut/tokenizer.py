@@ -44,7 +44,7 @@ def build_vocab(counts: Counter, min_freq: int = 1) -> list[str]:
 
 
 def round_up(n: int, multiple: int) -> int:
-    """``n`` rounded up to a multiple of ``multiple`` (the seed's ``8 * ceil(vocab_size / 8)``)."""
+    """``n`` rounded up to a multiple of ``multiple`` (NeMo's ``8 * ceil(vocab_size / 8)``)."""
     if multiple < 1:
         raise ValueError(f"the multiple must be a positive integer, got {multiple}")
     return multiple * math.ceil(n / multiple)
@@ -104,7 +104,7 @@ class WordTokenizer:
         return len(self.id_to_token)
 
     def padded_vocab_size(self, multiple: int = 8) -> int:
-        """The vocabulary size rounded up to a multiple (the seed's ``8 * ceil(vocab_size / 8)``).
+        """The vocabulary size rounded up to a multiple (NeMo's ``8 * ceil(vocab_size / 8)``).
 
         Matrix shapes that are multiples of 8 (fp16/bf16) let GPU tensor cores run at full speed; the extra
         rows of the output layer are never a target and soon get negligible probability.

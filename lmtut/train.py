@@ -1,4 +1,4 @@
-"""Chapter 6: ``python -m lmtut.train`` (or ``lmtut-train``), the seed's ``transformer_lm.py`` as a command line.
+"""Chapter 6: ``python -m lmtut.train`` (or ``lmtut-train``), NeMo's ``transformer_lm.py`` as a command line.
 
     python -m lmtut.train --preset cpu-demo --work_dir runs/cpu-demo
     python -m lmtut.train --preset gpu-base --work_dir runs/gpu-base
@@ -7,7 +7,7 @@
     torchrun --nproc_per_node=4 -m lmtut.train --preset gpu-base     # data parallel on 4 GPUs (chapter 10)
 
 Every setting of ``lmtut.recipes.RunConfig`` is a flag, generated from its dataclass field (type, default, and the
-comment beside the field as help); the seed's flag names are aliases. This module is the command line only: the
+comment beside the field as help); NeMo's flag names are aliases. This module is the command line only: the
 run itself is :func:`lmtut.experiment.run`. The work dir receives ``config.json``, ``metrics.jsonl``, TensorBoard
 events (``tensorboard/``), checkpoints (``checkpoints/``) and ``results.json``.
 """
@@ -28,8 +28,8 @@ from lmtut.corpus import DataError
 from lmtut.device import DeviceError
 from lmtut.distributed import cleanup
 from lmtut.experiment import run
-from lmtut.recipes import (DERIVED, PRESETS, RETIRED_SEED_FLAGS, SECTIONS, SEED_ALIASES, RunConfig, field_comments,
-                           make_config)
+from lmtut.nemo_compat import NEMO_ALIASES, RETIRED_NEMO_FLAGS
+from lmtut.recipes import DERIVED, PRESETS, SECTIONS, RunConfig, field_comments, make_config
 from lmtut.trainer import TrainingDiverged
 
 SENTINEL = object()  # a flag that was not given
@@ -61,14 +61,14 @@ def converter(annotation: Any) -> tuple[Callable[[str], Any], str]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lmtut.train", description=__doc__.split("\n")[0],
-                                epilog="The seed's flags " + ", ".join(f"--{a}" for a in SEED_ALIASES)
+                                epilog="NeMo's flags " + ", ".join(f"--{a}" for a in NEMO_ALIASES)
                                 + " are accepted as aliases.")
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe; other flags override it")
     p.add_argument("--resume", action="store_true", help="continue from the work dir's last checkpoint")
     p.add_argument("--work_dir", default=SENTINEL, metavar="DIR",
                    help=f"where the run writes (default {RunConfig.work_dir})")
     aliases: dict[str, list[str]] = {}
-    for alias, name in SEED_ALIASES.items():
+    for alias, name in NEMO_ALIASES.items():
         aliases.setdefault(name, []).append(f"--{alias}")
     for section, cls in SECTIONS.items():
         group = p.add_argument_group(f"{section} settings ({cls.__name__})")
@@ -86,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
                 kind, metavar = converter(hints[f.name])
                 group.add_argument(*flags, dest=f.name, type=kind, metavar=metavar, default=SENTINEL,
                                    help=help_text)
-    for name in RETIRED_SEED_FLAGS:
+    for name in RETIRED_NEMO_FLAGS:
         p.add_argument(f"--{name}", nargs="?", default=SENTINEL, help=argparse.SUPPRESS)
     return p
 
@@ -96,9 +96,9 @@ def config_from_args(argv: list[str] | None) -> tuple[RunConfig, bool]:
     p = parser()
     ns = p.parse_args(argv)
     given = {k: v for k, v in vars(ns).items() if v is not SENTINEL and k not in ("preset", "resume")}
-    retired = [f"--{name}: {RETIRED_SEED_FLAGS[name]}" for name in RETIRED_SEED_FLAGS if name in given]
+    retired = [f"--{name}: {RETIRED_NEMO_FLAGS[name]}" for name in RETIRED_NEMO_FLAGS if name in given]
     if retired:
-        p.error("the seed's flag is not used here; " + "; ".join(retired))
+        p.error("NeMo's flag is not used here; " + "; ".join(retired))
     saved = Path(given.get("work_dir", RunConfig.work_dir)) / "config.json"
     base = RunConfig.from_dict(json.loads(saved.read_text())) if ns.resume and saved.is_file() else None
     try:
@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         cleanup()
     if results is not None:
-        print(f"valid perplexity {results['valid_ppl']:.2f}, test perplexity {results['test_ppl']:.2f} "
-              f"({results['steps']} steps, {results['tokens_per_s']:,.0f} tokens/s, {results['wall_time_s']:.0f} s); "
+        print(f"valid perplexity {results.valid_ppl:.2f}, test perplexity {results.test_ppl:.2f} "
+              f"({results.steps} steps, {results.tokens_per_s:,.0f} tokens/s, {results.wall_time_s:.0f} s); "
               f"results in {Path(config.work_dir) / 'results.json'}")
     return 0
 

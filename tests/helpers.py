@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from lmtut import Callback, CheckpointCallback, Trainer, TransformerLM, TransformerLMConfig
+from lmtut import Callback, Trainer, TransformerLM, TransformerLMConfig
 
 
 def tiny_model(tokenizer, dropout=0.0):
@@ -31,10 +33,12 @@ TINY = ["--d_model", "16", "--num_layers", "1", "--num_attn_heads", "2", "--d_in
 def interrupted_run(model, dataset, config, work_dir, stop_at=None, resume=False, checkpoint_every=4, **kwargs):
     """Train on the CPU with a Recorder and checkpoints, as a user who may press Ctrl-C: (losses by step, trainer)."""
     rec = Recorder(stop_at)
-    trainer = Trainer(model, dataset, config, device="cpu", work_dir=work_dir,
-                      callbacks=[rec, CheckpointCallback(checkpoint_every=checkpoint_every, keep=2)], **kwargs)
+    config = replace(config, checkpoint_every=checkpoint_every, keep_checkpoints=2)
+    trainer = Trainer(model, dataset, config, device="cpu", work_dir=work_dir, callbacks=[rec], **kwargs)
+    if resume:
+        trainer.resume()
     try:
-        trainer.train(resume=resume)
+        trainer.train()
     except KeyboardInterrupt:
         pass
     return rec.losses, trainer

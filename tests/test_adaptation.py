@@ -18,8 +18,8 @@ from lmtut import (LanguageModelingDataset, TransformerLM, TransformerLMConfig, 
 from lmtut.cache import cache_log_probs, cache_scores, interpolate, tune_cache
 from lmtut.checkpoint import list_checkpoints
 from lmtut.dynamic_eval import (KrauseUpdate, bracketed, dynamic_evaluation, gradient_rms, lookup_only_embeddings,
-                                segment_loss, tune_dynamic_evaluation, widened)
-from lmtut.precision import Precision
+                                tune_dynamic_evaluation, widened)
+from lmtut.scoring import score_windows
 from lmtut.stream import TokenScores, score_stream
 
 from helpers import TINY, tiny_model
@@ -134,12 +134,12 @@ def leaky_dynamic_evaluation(model, dataset, lr):
     optimizer, log_probs = torch.optim.SGD(model.parameters(), lr=lr), []
     for idx in range(len(dataset)):
         batch = [t.unsqueeze(0) for t in dataset[idx]]
-        loss = segment_loss(model, *batch, dataset.pad_id, Precision.of("fp32", "cpu"))[0]
+        loss = score_windows(model, *batch, dataset.pad_id).mean_loss()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         with torch.no_grad():
-            log_probs.append(segment_loss(model, *batch, dataset.pad_id, Precision.of("fp32", "cpu"))[1])
+            log_probs.append(score_windows(model, *batch, dataset.pad_id).log_probs.double())
     model.load_state_dict(trained)
     return torch.cat(log_probs)
 
@@ -272,7 +272,9 @@ def test_gradient_statistics_cover_the_whole_training_split_by_default(tokenizer
     by_hand = [torch.zeros_like(p) for p in model.parameters()]
     for start in range(0, len(train), 4):
         batch = [torch.stack(t) for t in zip(*(train[i] for i in range(start, min(start + 4, len(train)))))]
-        loss = segment_loss(model, *batch, train.pad_id, Precision.of("fp32", "cpu"))[0]
+        input_ids, input_mask, labels = batch  # the mean loss from the model's own forward, not the scoring core
+        scored = labels != train.pad_id
+        loss = -model(input_ids, input_mask, targets=labels)[scored].mean()
         for square, grad in zip(by_hand, torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)):
             square += 0 if grad is None else grad ** 2
     assert all(torch.allclose(x, (s / batches).sqrt(), atol=1e-7) for x, s in zip(whole, by_hand))
@@ -316,10 +318,11 @@ def test_sparse_embedding_gradients_give_the_same_adaptation(tokenizer, corpus):
     adapted = dynamic_evaluation(model, valid, lr=1e-4, rule="rms", decay=0.05, rms=rms, show_bar=False)
     trained = {k: v.clone() for k, v in model.state_dict().items()}
     update = KrauseUpdate(model.parameters(), lr=1e-4, decay=0.05, rms=rms)  # dense gradients, by hand
-    reference, fp32 = [], Precision.of("fp32", "cpu")
+    reference = []
     for idx in range(len(valid)):
-        loss, log_probs, _ = segment_loss(model, *(t.unsqueeze(0) for t in valid[idx]), valid.pad_id, fp32)
-        reference.append(log_probs)
+        scores = score_windows(model, *(t.unsqueeze(0) for t in valid[idx]), valid.pad_id)
+        loss = scores.mean_loss()
+        reference.append(scores.log_probs.detach().double())
         update.zero_grad()
         loss.backward()
         assert not model.encoder.embedding.weight.grad.is_sparse

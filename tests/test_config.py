@@ -15,7 +15,8 @@ import lmtut
 import lmtut.train as train_cli
 from lmtut import DeviceError, RunConfig, TrainConfig, TransformerLMConfig, default_device, make_config
 from lmtut.files import atomic_open, atomic_write_text
-from lmtut.recipes import PRESETS, RETIRED_SEED_FLAGS, SEED_ALIASES, setting_sections
+from lmtut.nemo_compat import NEMO_ALIASES, RETIRED_NEMO_FLAGS
+from lmtut.recipes import PRESETS, setting_sections
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +38,7 @@ def test_seed_names_and_errors():
     config = make_config(max_seq_length=32, iter_per_step=2, lr_warmup_proportion=0.1, amp_opt_level="O1")
     assert (config.model.max_sequence_length, config.train.batches_per_step) == (32, 2)
     assert (config.train.warmup_ratio, config.train.precision) == (0.1, "O1")
-    assert set(SEED_ALIASES.values()) <= set(setting_sections())
+    assert set(NEMO_ALIASES.values()) <= set(setting_sections())
     with pytest.raises(ValueError, match="unknown setting"):
         make_config(d_modle=64)
     with pytest.raises(ValueError, match="unknown preset"):
@@ -80,7 +81,7 @@ def test_command_line_flags_come_from_the_fields(capsys):
     (["--d_model", "big"], "'big' is not int"),
     (["--adaptive_cutoffs", "10,x"], "'10,x' is not int,..."),
     (["--dropout", "1.5"], "dropout must lie in [0, 1), got 1.5"),
-    (["--interactive"], RETIRED_SEED_FLAGS["interactive"]),
+    (["--interactive"], RETIRED_NEMO_FLAGS["interactive"]),
     (["--beam_size", "4"], "no beam search"),
 ])
 def test_bad_flags_are_clear_errors(argv, message, capsys):

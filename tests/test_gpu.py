@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import lmtut.train as train_cli
-from lmtut import (CheckpointCallback, LanguageModelingDataset, TrainConfig, Trainer, default_device,
+from lmtut import (LanguageModelingDataset, TrainConfig, Trainer, default_device,
                    evaluate_perplexity, load_for_inference)
 from lmtut.checkpoint import list_checkpoints
 
@@ -39,7 +39,7 @@ def test_each_precision_trains_on_cuda(tokenizer, corpus, precision):
     assert trainer.device.type == "cuda" and trainer.precision.name == precision
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-5:]) / 5 < 0.75 * sum(losses[:5]) / 5, losses
-    assert trainer.scaler.is_enabled() == (precision == "amp-fp16")
+    assert trainer.optimization.scaler.is_enabled() == (precision == "amp-fp16")
     assert next(trainer.model.parameters()).dtype == torch.float32  # fp32 master weights
 
 
@@ -64,7 +64,7 @@ def test_evaluation_and_checkpoint_round_trip_on_cuda(tokenizer, corpus, tmp_pat
     assert on_gpu == pytest.approx(results["valid_ppl"], rel=1e-4)
     ds = LanguageModelingDataset(tok, corpus / "train.txt", max_sequence_length=16)
     trainer = Trainer(tiny_model(tok), ds, TrainConfig(batch_size=4, max_steps=2), device="cuda",
-                      work_dir=tmp_path / "ckpt", callbacks=[CheckpointCallback(1)]).train()
+                      work_dir=tmp_path / "ckpt").train()
     resumed = Trainer(tiny_model(tok), ds, TrainConfig(batch_size=4, max_steps=2), device="cuda",
                       work_dir=tmp_path / "ckpt")
     assert resumed.resume() and resumed.step == trainer.step == 2

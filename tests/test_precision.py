@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lmtut.train as train_cli
-from lmtut import (CheckpointCallback, LanguageModelingDataset, MetricsWriterCallback, SimpleLossLoggerCallback,
+from lmtut import (LanguageModelingDataset, MetricsWriterCallback, SimpleLossLoggerCallback,
                    TrainConfig, Trainer, TrainingDiverged)
 from lmtut.checkpoint import list_checkpoints, load_checkpoint
 from lmtut.precision import Precision, cpu_supports_bf16, resolve_precision
@@ -67,7 +67,7 @@ def fp16_trainer(tokenizer, corpus, work_dir=None, callbacks=(), max_steps=8):
     trainer = Trainer(tiny_model(tokenizer, dropout=0.2), ds, cfg, device="cpu", work_dir=work_dir,
                       callbacks=callbacks)
     # A huge first scale that overflows fp16's gradients, and fast growth: the scale moves both ways in a short run.
-    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40, growth_interval=2)
+    trainer.optimization.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40, growth_interval=2)
     return trainer
 
 
@@ -83,11 +83,14 @@ def test_fp16_scaler_skips_overflow_and_resumes_exactly(tokenizer, corpus, tmp_p
 
     first = Recorder(stop_at=5)
     with pytest.raises(KeyboardInterrupt):
-        fp16_trainer(tokenizer, corpus, tmp_path / "b", [first, CheckpointCallback(100)]).train()
+        fp16_trainer(tokenizer, corpus, tmp_path / "b", [first]).train()  # Ctrl-C saves a checkpoint
     saved = load_checkpoint(list_checkpoints(tmp_path / "b")[-1])
-    assert saved["scaler"]["scale"] < 2.0**40 and saved["precision"] == "amp-fp16"
+    assert saved["trainer"]["optimization"]["scaler"]["scale"] < 2.0**40
+    assert saved["trainer"]["precision"] == "amp-fp16"
     second = Recorder()
-    resumed = fp16_trainer(tokenizer, corpus, tmp_path / "b", [second]).train(resume=True)
+    resumed = fp16_trainer(tokenizer, corpus, tmp_path / "b", [second])
+    assert resumed.resume()
+    resumed.train()
     assert resumed.loss_scale == straight.loss_scale and resumed.skipped_steps == straight.skipped_steps
     assert {**first.losses, **second.losses} == pytest.approx(whole.losses, rel=1e-6, abs=1e-6)
 

@@ -25,20 +25,29 @@ def tokenizer(tmp_path) -> WordTokenizer:
 
 
 class NextIsPlusOne(nn.Module):
-    """Gives the token after ``x`` probability 1/2 to be ``x + 1``; the other n - 1 classes share the rest."""
+    """Gives the token after ``x`` probability 1/2 to be ``x + 1``; the other n - 1 classes share the rest.
+
+    As every lmtut model, an encoder (here: the token id is the hidden state) and a classifier that scores targets.
+    """
+
+    class Encoder(nn.Module):
+        def forward(self, input_ids, input_mask=None):
+            return input_ids[..., None]
+
+    class Classifier(nn.Module):
+        def __init__(self, n: int):
+            super().__init__()
+            self.n = n
+
+        def target_log_probs(self, hidden, targets):
+            return torch.where(targets == hidden[..., 0] + 1, math.log(0.5), math.log(0.5 / (self.n - 1)))
 
     def __init__(self, n: int):
         super().__init__()
-        self.n = n
+        self.encoder, self.classifier = self.Encoder(), self.Classifier(n)
 
     def log_prob(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
-        return torch.where(nxt == prev + 1, math.log(0.5), math.log(0.5 / (self.n - 1)))
-
-    def forward(self, input_ids, input_mask=None, targets=None):
-        if targets is not None:
-            return self.log_prob(input_ids, targets)
-        classes = torch.arange(self.n)
-        return self.log_prob(input_ids[..., None], classes)
+        return self.classifier.target_log_probs(prev[..., None], nxt)
 
 
 def test_evaluate_scores_each_token_once_with_the_plain_loss(tmp_path):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lmtut.train as train_cli
-from lmtut import (CheckpointCallback, EvaluatorCallback, LanguageModelingDataset, TrainConfig, Trainer,
+from lmtut import (LanguageModelingDataset, TrainConfig, Trainer,
                    TransformerLM, TransformerLMConfig, WordTokenizer, evaluate_perplexity, load_for_inference,
                    make_config, prepare_corpus)
 from lmtut.checkpoint import list_checkpoints, load_checkpoint
@@ -166,15 +166,15 @@ def test_the_trainer_averages_its_weights_and_evaluates_the_average(tokenizer, c
     ds = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
     valid = LanguageModelingDataset(tokenizer, corpus / "valid.txt", max_sequence_length=16, batch_step=4)
     lm = model(vocab_size=tokenizer.vocab_size, max_sequence_length=16)
-    rec, evaluator = WeightRecorder(), EvaluatorCallback(valid, eval_every=100)
-    trainer = Trainer(lm, ds, TrainConfig(batch_size=4, max_steps=5, lr=1e-2, ema_decay=0.6), device="cpu",
-                      callbacks=[rec, evaluator]).train()
+    rec = WeightRecorder()
+    trainer = Trainer(lm, ds, TrainConfig(batch_size=4, max_steps=5, lr=1e-2, ema_decay=0.6, eval_every=100),
+                      {"valid": valid}, device="cpu", callbacks=[rec]).train()
     assert trainer.eval_model is trainer.average.model and trainer.average.count == 5
     for got, want in zip(trainer.average.model.parameters(), by_hand(rec.weights, 0.6)):
         assert torch.allclose(got, want, atol=1e-6)
     assert trainer.average.model.tied  # the copy keeps the embedding and the softmax layer one tensor
     averaged, last = evaluate_perplexity(trainer.average.model, valid)[1], evaluate_perplexity(lm, valid)[1]
-    assert evaluator.last["valid_ppl"] == pytest.approx(averaged) and averaged != pytest.approx(last)
+    assert trainer.last_eval["valid"]["valid_ppl"] == pytest.approx(averaged) and averaged != pytest.approx(last)
 
 
 def test_averaged_weights_survive_a_resume(tokenizer, corpus, tmp_path):
@@ -194,12 +194,11 @@ def test_averaged_weights_survive_a_resume(tokenizer, corpus, tmp_path):
     for a, b in zip(resumed.average.model.parameters(), uninterrupted.average.model.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
     plain = Trainer(model(vocab_size=tokenizer.vocab_size, max_sequence_length=16), ds,
-                    TrainConfig(batch_size=4, max_steps=2), device="cpu", work_dir=tmp_path / "c",
-                    callbacks=[CheckpointCallback(checkpoint_every=2)]).train()
+                    TrainConfig(batch_size=4, max_steps=2), device="cpu", work_dir=tmp_path / "c").train()
     averaging = Trainer(model(vocab_size=tokenizer.vocab_size, max_sequence_length=16), ds, cfg, device="cpu",
                         work_dir=tmp_path / "c")
     with pytest.raises(Exception, match="has no averaged weights"):
-        averaging.load_state_dict(plain.state_dict())
+        averaging.restore(plain.checkpoint())
 
 
 # ----------------------------------------------------------------------------------------------- the run

@@ -174,7 +174,7 @@ def test_corrupt_and_mismatched_checkpoints(tokenizer, corpus, tmp_path):
     other = TransformerLM(TransformerLMConfig(vocab_size=tokenizer.vocab_size, d_model=32, num_layers=1,
                                               num_attn_heads=2, d_inner=32, max_sequence_length=16))
     with pytest.raises(CheckpointError, match="does not fit this model"):
-        Trainer(other, ds, TrainConfig(batch_size=4, max_steps=1), device="cpu").load_state_dict(small.state_dict())
+        Trainer(other, ds, TrainConfig(batch_size=4, max_steps=1), device="cpu").restore(small.checkpoint())
 
 
 # ----------------------------------------------------------------------------------------------- command lines
