@@ -18,10 +18,8 @@ import torch
 from torch import nn
 
 from lmtut.attention import CausalSelfAttention, attention_mask
-from lmtut.model_config import TransformerLMConfig
+from lmtut.model_config import ACTIVATIONS, TransformerLMConfig
 from lmtut.regularization import WordDropout, sequence_dropout
-
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
 
 def sinusoidal_positions(max_length: int, d_model: int) -> torch.Tensor:

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmtut.encoder import ACTIVATIONS, TransformerEncoder
-from lmtut.model_config import TransformerLMConfig
+from lmtut.encoder import TransformerEncoder
+from lmtut.model_config import ACTIVATIONS, TransformerLMConfig
 
 
 class TokenClassifier(nn.Module):

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from torch import nn
+
 from lmtut.tokenizer import round_up
 
-ACTIVATIONS = ("relu", "gelu")
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}  # by name: the feed-forward's and the classifier's
 POSITIONS = ("sinusoidal", "learned")
 SOFTMAXES = ("full", "adaptive")
 
@@ -49,6 +51,12 @@ class TransformerLMConfig:
             self.attn_dropout = self.dropout
         if self.emb_dropout is None:
             self.emb_dropout = self.dropout
+        self.adaptive_cutoffs = tuple(int(c) for c in self.adaptive_cutoffs)  # a JSON list comes back as a tuple
+        self._check_shape()
+        self._check_choices()
+        self._check_adaptive_softmax()
+
+    def _check_shape(self) -> None:
         positive = ["d_model", "num_layers", "num_attn_heads", "d_inner", "max_sequence_length",
                     "classifier_layers", "vocab_multiple"] + (["vocab_size"] if self.vocab_size is not None else [])
         for name in positive:
@@ -59,11 +67,13 @@ class TransformerLMConfig:
         for name in ("dropout", "attn_dropout", "emb_dropout", "ffn_dropout", "word_dropout", "output_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
-        if self.positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
-        self.adaptive_cutoffs = tuple(int(c) for c in self.adaptive_cutoffs)  # a JSON list comes back as a tuple
-        if self.softmax not in SOFTMAXES:
-            raise ValueError(f"softmax must be one of {', '.join(SOFTMAXES)}, got {self.softmax!r}")
+
+    def _check_choices(self) -> None:
+        for name, choices in (("positions", POSITIONS), ("softmax", SOFTMAXES), ("activation", ACTIVATIONS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+
+    def _check_adaptive_softmax(self) -> None:
         if self.softmax == "adaptive" and self.tie_weights:
             raise ValueError("the adaptive softmax has output layers of its own, which cannot be the embedding "
                              "matrix: set tie_weights=False (--no-tie_weights)")
@@ -74,8 +84,6 @@ class TransformerLMConfig:
             raise ValueError(f"adaptive_cutoffs {cutoffs} must lie below the vocabulary size {self.vocab_size}")
         if self.adaptive_div_value < 1:
             raise ValueError(f"adaptive_div_value must be at least 1, got {self.adaptive_div_value}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
 
     @property
     def padded_vocab_size(self) -> int:

@@ -48,10 +48,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                            label_smoothing=0.0, optimizer_kind="adamw", lr=2e-3, weight_decay=0.0,
                            lr_policy="cosine", warmup_ratio=0.05, num_epochs=16, train_eval_tokens=10_000,
                            eval_every=53, checkpoint_every=10_000, log_every=53, precision="auto"),
-    # Chapter 7's one-GPU recipe against over-fitting, NOT YET MEASURED on a GPU. Shape and dropouts from the
-    # Transformer-XL run with AWD-LSTM's dropouts whose logs chapter 7 cites (at the low ends of their ranges, for a
-    # third of its epochs); windows, batch, lr, beta2 and weight decay from gpu-base; EMA 0.999 and label smoothing
-    # off are unmeasured choices. Chapter 7 gives the source of each setting and estimates the time.
+    # Chapter 7's one-GPU recipe against over-fitting, NOT YET MEASURED on a GPU (chapter 7 gives each setting's
+    # source and what is unmeasured).
     "gpu-reg": dict(d_model=400, num_layers=16, num_attn_heads=10, d_inner=900, max_sequence_length=256,
                     predict_last_k=64, batch_size=32, dropout=0.2, attn_dropout=0.2, ffn_dropout=0.2,
                     emb_dropout=0.6, word_dropout=0.2, output_dropout=0.5, locked_dropout=True,

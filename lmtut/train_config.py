@@ -43,24 +43,33 @@ class TrainConfig:
     keep_checkpoints: int = 3  # the newest checkpoints kept
 
     def __post_init__(self) -> None:
+        self._check_counts()
+        self._check_rates()
+        self._check_choices()
+
+    def _check_counts(self) -> None:
         positive = ["batch_size", "batches_per_step", "num_epochs", "log_every", "eval_every", "eval_batch_size",
                     "checkpoint_every", "keep_checkpoints", "max_skipped_steps"]
         positive += [name for name in ("max_steps", "sync_every", "warmup_steps") if getattr(self, name) is not None]
         for name in positive:
             if getattr(self, name) < (0 if name == "warmup_steps" else 1):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.train_eval_tokens < 0:
+            raise ValueError(f"train_eval_tokens must be 0 (off) or more, got {self.train_eval_tokens}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be 0 or more, got {self.num_workers}")
+
+    def _check_rates(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1) (0: no averaging), got {self.ema_decay}")
-        if self.train_eval_tokens < 0:
-            raise ValueError(f"train_eval_tokens must be 0 (off) or more, got {self.train_eval_tokens}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be 0 or more, got {self.num_workers}")
+
+    def _check_choices(self) -> None:
         if self.optimizer_kind.lower() not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer_kind {self.optimizer_kind!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.lr_policy.lower() not in LR_POLICIES:

@@ -60,6 +60,7 @@ def main() -> int:
     valid = LanguageModelingDataset(tokenizer, tokenizer.encode_file(desc.valid_file)[:SETUP["valid_tokens"]], length)
     small = make_config("cpu-demo", softmax="full", tie_weights=True, d_model=128, d_inner=512).model
     small = small.with_vocab(tokenizer.vocab_size)
+    origin = provenance(torch.device("cpu"))  # the commit that runs, not the one checked out when it ends
     runs = []
     for name, (tied, eps) in VARIANTS.items():
         for seed in args.seeds:
@@ -76,7 +77,7 @@ def main() -> int:
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
     record = dict(command="python scripts/compare_seeds.py " + shlex.join(sys.argv[1:]), setup=SETUP,
                   model=asdict(small),
-                  **provenance(torch.device("cpu")), runs=runs)
+                  **origin, runs=runs)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(record, indent=1) + "\n")

@@ -100,8 +100,9 @@ def test_optimization_clips_schedules_and_resumes_exactly(tokenizer):
 
 def test_optimization_clips_the_gradient_norm(tokenizer):
     model = tiny_model(tokenizer)
-    optimization = Optimization(model, TrainConfig(lr=1.0, optimizer_kind="sgd", beta1=0.0, clip_grad_norm=0.25, warmup_steps=0,
-                                                   lr_policy="constant"), 1, Precision.of("fp32", "cpu"))
+    config = TrainConfig(lr=1.0, optimizer_kind="sgd", beta1=0.0, clip_grad_norm=0.25, warmup_steps=0,
+                         lr_policy="constant")
+    optimization = Optimization(model, config, 1, Precision.of("fp32", "cpu"))
     before = [p.detach().clone() for p in model.parameters()]
     (1000 * sum(p.sum() for p in model.parameters())).backward()
     optimization.step(1)
