@@ -132,6 +132,7 @@ def run(config: RunConfig, resume: bool = False, show_bar: bool = True) -> RunRe
         raise CheckpointError(f"{work_dir} already holds checkpoints; pass --resume to continue, "
                               "or choose another --work_dir")
     world, device = init_distributed()
+    origin = provenance(device)  # the commit that runs, not the one checked out when it ends
     if world.is_main:  # rank 0 prepares the corpus first, so that ranks never write the same files at once
         corpus, tokenizer = prepare(config)
     barrier()
@@ -161,7 +162,7 @@ def run(config: RunConfig, resume: bool = False, show_bar: bool = True) -> RunRe
         valid_ppl=valid["valid_ppl"], valid_nll=valid["valid_nll"], test_ppl=test_ppl, test_nll=test_nll,
         steps=trainer.step, tokens=trainer.tokens_seen,
         tokens_per_s=trainer.tokens_seen / max(trainer.train_seconds, 1e-9), wall_time_s=time.perf_counter() - start,
-        **provenance(device), world_size=world.world_size, precision=trainer.precision.name, tf32=trainer.tf32,
+        **origin, world_size=world.world_size, precision=trainer.precision.name, tf32=trainer.tf32,
         skipped_steps=trainer.skipped_steps, parameters=model.parameter_counts()["total"],
         predict_last_k=config.data.predict_last_k, preset=config.preset,
         train_ppl=train["train_ppl"] if train else None)

@@ -3,7 +3,7 @@
 A ``KeyboardInterrupt`` raised in the middle of a training step could leave the model updated but the step not
 counted, or the random generators past this step's dropout draws: a checkpoint written then would not resume
 exactly. Inside :func:`deferred_interrupts`, SIGINT only takes note in the list it yields; the trainer raises the
-interrupt once the step and its callbacks are done, where the state is whole.
+interrupt once the step, its callbacks, its evaluation and its checkpoint are done, where the state is whole.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lmtut.scoring import evaluating
 from lmtut.tokenizer import WordTokenizer
 
 
@@ -30,28 +31,26 @@ def generate_text(
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     ids = [tokenizer.eos_id] + tokenizer.encode(prompt)  # a line starts after an <eos>, as in training
     window = model.config.max_sequence_length
     banned = [tokenizer.unk_id, tokenizer.pad_id, tokenizer.bos_id]
     out: list[int] = []
-    for _ in range(max_tokens):
-        context = torch.tensor([ids[-window:]], device=device)
-        logits = model(context)[0, -1, : tokenizer.vocab_size].float()  # the padded rows are never words
-        logits[banned] = float("-inf")
-        if temperature == 0:
-            nxt = int(logits.argmax())
-        else:
-            logits = logits / temperature
-            if top_k:
-                kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
-                logits[logits < kth] = float("-inf")
-            nxt = int(torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator))
-        ids.append(nxt)
-        out.append(nxt)
-        if stop_at_eos and nxt == tokenizer.eos_id:
-            break
-    model.train(was_training)
+    with evaluating(model):
+        for _ in range(max_tokens):
+            context = torch.tensor([ids[-window:]], device=device)
+            logits = model(context)[0, -1, : tokenizer.vocab_size].float()  # the padded rows are never words
+            logits[banned] = float("-inf")
+            if temperature == 0:
+                nxt = int(logits.argmax())
+            else:
+                logits = logits / temperature
+                if top_k:
+                    kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+                    logits[logits < kth] = float("-inf")
+                nxt = int(torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator))
+            ids.append(nxt)
+            out.append(nxt)
+            if stop_at_eos and nxt == tokenizer.eos_id:
+                break
     return tokenizer.decode(out)
