@@ -15,9 +15,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from lmtut.attention import CausalSelfAttention, attention_mask
+from lmtut.attention import CausalSelfAttention, KVCache, attention_mask
 from lmtut.model_config import ACTIVATIONS, TransformerLMConfig
 from lmtut.regularization import WordDropout, sequence_dropout
 
@@ -36,8 +37,25 @@ class FeedForward(nn.Sequential):
     """Position-wise feed-forward network: Linear(d_model, d_inner), activation, dropout, Linear(d_inner, d_model)."""
 
     def __init__(self, config: TransformerLMConfig):
-        super().__init__(nn.Linear(config.d_model, config.d_inner), ACTIVATIONS[config.activation](),
-                         nn.Dropout(config.ffn_dropout), nn.Linear(config.d_inner, config.d_model))
+        bias = config.bias
+        super().__init__(nn.Linear(config.d_model, config.d_inner, bias=bias), ACTIVATIONS[config.activation](),
+                         nn.Dropout(config.ffn_dropout), nn.Linear(config.d_inner, config.d_model, bias=bias))
+
+
+class SwiGLU(nn.Module):
+    """The gated feed-forward of Shazeer (2020): ``down(dropout(silu(gate(x)) * up(x)))``, its hidden width
+    ``config.ffn_hidden`` (2/3 of ``d_inner``: three matrices with the parameters of two)."""
+
+    def __init__(self, config: TransformerLMConfig):
+        super().__init__()
+        hidden, bias = config.ffn_hidden, config.bias
+        self.gate = nn.Linear(config.d_model, hidden, bias=bias)
+        self.up = nn.Linear(config.d_model, hidden, bias=bias)
+        self.down = nn.Linear(hidden, config.d_model, bias=bias)
+        self.drop = nn.Dropout(config.ffn_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.drop(F.silu(self.gate(x)) * self.up(x)))
 
 
 class TransformerBlock(nn.Module):
@@ -46,9 +64,9 @@ class TransformerBlock(nn.Module):
     def __init__(self, config: TransformerLMConfig):
         super().__init__()
         self.pre_norm = config.pre_norm
-        self.norm1, self.norm2 = nn.LayerNorm(config.d_model), nn.LayerNorm(config.d_model)
+        self.norm1, self.norm2 = config.norm_layer(), config.norm_layer()
         self.attn = CausalSelfAttention(config)
-        self.ffn = FeedForward(config)
+        self.ffn = SwiGLU(config) if config.activation == "swiglu" else FeedForward(config)
         self.drop = sequence_dropout(config.dropout, config.locked_dropout)  # on each sublayer's output, before the add
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
@@ -64,6 +82,14 @@ class TransformerBlock(nn.Module):
             x = self.norm2(x + self.drop(self.ffn(x)))
         return x, weights
 
+    def forward_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """The block on new tokens only, its attention reading and extending ``cache`` (eval mode, generation)."""
+        if self.pre_norm:
+            x = x + self.attn.forward_cached(self.norm1(x), cache)
+            return x + self.ffn(self.norm2(x))
+        x = self.norm1(x + self.attn.forward_cached(x, cache))
+        return self.norm2(x + self.ffn(x))
+
 
 class TransformerEncoder(nn.Module):
     """Embeddings, positions and a stack of causal Transformer blocks: (B, T) ids -> (B, T, d_model) states."""
@@ -72,22 +98,43 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         self.d_model, self.max_sequence_length = config.d_model, config.max_sequence_length
         self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model)
+        self.position_embedding = None  # rotary positions (positions="rope") live in the attention
         if config.positions == "sinusoidal":
             table = sinusoidal_positions(config.max_sequence_length, config.d_model)
             self.register_buffer("position_table", table, persistent=False)
-            self.position_embedding = None
-        else:
+        elif config.positions == "learned":
             self.position_embedding = nn.Embedding(config.max_sequence_length, config.d_model)
+        self.additive_positions = config.positions != "rope"
         self.word_drop = WordDropout(config.padded_vocab_size, config.word_dropout)
         self.emb_drop = sequence_dropout(config.emb_dropout, config.locked_dropout)
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
-        self.final_norm = nn.LayerNorm(config.d_model) if config.pre_norm else nn.Identity()
+        self.final_norm = config.norm_layer() if config.pre_norm else nn.Identity()
         self.output_drop = sequence_dropout(config.output_dropout, config.locked_dropout)  # before the softmax layer
 
-    def positions(self, length: int) -> torch.Tensor:
+    def positions(self, length: int, offset: int = 0) -> torch.Tensor | float:
+        """What is added to the embeddings of positions ``offset`` to ``offset + length`` (0 with rotary positions)."""
+        if not self.additive_positions:
+            return 0.0
         if self.position_embedding is not None:
-            return self.position_embedding.weight[:length]
-        return self.position_table[:length]
+            return self.position_embedding.weight[offset : offset + length]
+        return self.position_table[offset : offset + length]
+
+    def new_cache(self) -> list[KVCache]:
+        """An empty key/value cache, one per layer, for :meth:`forward_cached`."""
+        return [KVCache() for _ in self.layers]
+
+    @torch.no_grad()
+    def forward_cached(self, input_ids: torch.Tensor, cache: list[KVCache]) -> torch.Tensor:
+        """The hidden states of new tokens (B, T_new) that follow the ``cache``'s, which they extend: generation's
+        incremental forward (eval mode, no padding). The positions continue where the cache ends."""
+        past, T = cache[0].length, input_ids.size(1)
+        if past + T > self.max_sequence_length:
+            raise ValueError(f"{past + T} tokens exceed max_sequence_length={self.max_sequence_length}: start a new "
+                             "cache on the last window")
+        x = self.embedding(input_ids) * math.sqrt(self.d_model) + self.positions(T, offset=past)
+        for layer, layer_cache in zip(self.layers, cache):
+            x = layer.forward_cached(x, layer_cache)
+        return self.final_norm(x)
 
     def forward(self, input_ids: torch.Tensor, input_mask: torch.Tensor | None = None,
                 need_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:

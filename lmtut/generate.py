@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top_k", type=int, default=40)
     p.add_argument("--num_samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kv_cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep the keys and values of the text read so far (--no-kv_cache: re-read the window at "
+                   "every word; the same words, slower)")
     args = p.parse_args(argv)
     try:
         model, tokenizer, _ = load_for_inference(args.checkpoint)
@@ -37,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     g = torch.Generator().manual_seed(args.seed)
     for _ in range(args.num_samples):
-        text = generate_text(model, tokenizer, args.prompt, args.max_tokens, args.temperature, args.top_k, g)
+        text = generate_text(model, tokenizer, args.prompt, args.max_tokens, args.temperature, args.top_k, g,
+                             kv_cache=args.kv_cache)
         print(f"{args.prompt} {text}".replace(" <eos> ", "\n"))
     return 0
 

@@ -38,6 +38,7 @@ class TokenClassifier(nn.Module):
         activation: str = "relu",
         log_softmax: bool = True,
         dropout: float = 0.0,
+        bias: bool = True,
     ):
         super().__init__()
         hidden = []
@@ -45,7 +46,7 @@ class TokenClassifier(nn.Module):
             hidden += [nn.Linear(hidden_size, hidden_size), ACTIVATIONS[activation](), nn.LayerNorm(hidden_size)]
         self.mlp = nn.Sequential(*hidden)
         self.dropout = nn.Dropout(dropout)
-        self.last = nn.Linear(hidden_size, num_classes)
+        self.last = nn.Linear(hidden_size, num_classes, bias=bias)
         self.log_softmax = log_softmax
 
     @property
@@ -106,7 +107,7 @@ class TransformerLM(nn.Module):
             self.classifier = AdaptiveClassifier(config)
         else:
             self.classifier = TokenClassifier(config.d_model, config.padded_vocab_size, config.classifier_layers,
-                                              config.activation)
+                                              config.activation, bias=config.bias)
         self.apply(self._init_weights)
         if config.tie_weights:
             self.classifier.last.weight = self.encoder.embedding.weight  # one Parameter, two uses

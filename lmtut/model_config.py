@@ -14,8 +14,10 @@ from torch import nn
 
 from lmtut.tokenizer import round_up
 
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}  # by name: the feed-forward's and the classifier's
-POSITIONS = ("sinusoidal", "learned")
+#: by name: the feed-forward's and the classifier's; "swiglu" gates the feed-forward with SiLU (Shazeer, 2020)
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swiglu": nn.SiLU}
+POSITIONS = ("sinusoidal", "learned", "rope")
+NORMS = {"layer": nn.LayerNorm, "rms": nn.RMSNorm}
 SOFTMAXES = ("full", "adaptive")
 
 
@@ -38,8 +40,11 @@ class TransformerLMConfig:
     locked_dropout: bool = False  # embedding, residual and output dropout: one mask per sequence, shared across time
     tie_weights: bool = True  # the softmax layer's weight is the embedding matrix (Press & Wolf, 2017)
     pre_norm: bool = True  # LayerNorm before each sublayer (False: after the residual add, as in Vaswani et al.)
-    positions: str = "sinusoidal"  # or "learned"
-    activation: str = "relu"  # or "gelu"
+    positions: str = "sinusoidal"  # or "learned", or "rope" (rotary, Su et al., 2021: queries and keys turned)
+    activation: str = "relu"  # or "gelu", or "swiglu" (a gated feed-forward, Shazeer, 2020, at equal parameters)
+    norm: str = "layer"  # "layer" (LayerNorm) or "rms" (RMSNorm, Zhang & Sennrich, 2019)
+    bias: bool = True  # biases in the blocks' linear layers and norms, the final norm and a full softmax layer
+    qk_norm: bool = False  # RMS-normalize each head's queries and keys before their dot products
     classifier_layers: int = 1  # hidden layers of the token classifier, plus one
     vocab_multiple: int = 8  # the softmax layer's rows are the vocabulary rounded up to a multiple of this
     softmax: str = "full"  # "full", or "adaptive" (Grave et al., 2017: frequent words first; needs --no-tie_weights)
@@ -64,12 +69,16 @@ class TransformerLMConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.d_model % self.num_attn_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by num_attn_heads ({self.num_attn_heads})")
+        if self.positions == "rope" and self.d_head % 2:
+            raise ValueError(f"rotary positions turn pairs of features: d_model / num_attn_heads ({self.d_head}) must "
+                             "be even")
         for name in ("dropout", "attn_dropout", "emb_dropout", "ffn_dropout", "word_dropout", "output_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
 
     def _check_choices(self) -> None:
-        for name, choices in (("positions", POSITIONS), ("softmax", SOFTMAXES), ("activation", ACTIVATIONS)):
+        for name, choices in (("positions", POSITIONS), ("softmax", SOFTMAXES), ("activation", ACTIVATIONS),
+                              ("norm", NORMS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
 
@@ -95,6 +104,19 @@ class TransformerLMConfig:
     @property
     def d_head(self) -> int:
         return self.d_model // self.num_attn_heads
+
+    @property
+    def ffn_hidden(self) -> int:
+        """The feed-forward's hidden width: ``d_inner``, or for SwiGLU's three matrices 2/3 of it, rounded up to a
+        multiple of 8 (Shazeer, 2020: the same parameters as the two matrices of ReLU's)."""
+        return round_up(2 * self.d_inner // 3, 8) if self.activation == "swiglu" else self.d_inner
+
+    def norm_layer(self, width: int | None = None) -> nn.Module:
+        """The configured norm over ``width`` features (default ``d_model``), with a bias only where it has one."""
+        width = width or self.d_model
+        if self.norm == "rms":
+            return nn.RMSNorm(width)
+        return nn.LayerNorm(width, bias=self.bias)
 
     def with_vocab(self, vocab_size: int) -> "TransformerLMConfig":
         """A copy with the tokenizer's vocabulary size filled in."""

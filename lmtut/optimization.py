@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lmtut.lr_policies import build_scheduler, get_lr_policy
-from lmtut.optimizers import get_optimizer, parameter_groups
+from lmtut.optimizers import MuonAdamW, get_optimizer, parameter_groups
 from lmtut.precision import Precision
 from lmtut.train_config import TrainConfig
 
@@ -28,9 +28,14 @@ class Optimization:
 
     def __init__(self, model: nn.Module, config: TrainConfig, total_steps: int, precision: Precision):
         self.model, self.config = model, config
-        device_type = next(model.parameters()).device.type
-        self.optimizer = get_optimizer(config.optimizer_kind, parameter_groups(model, config.weight_decay), config.lr,
-                                       config.weight_decay, (config.beta1, config.beta2), fused=device_type == "cuda")
+        fused = next(model.parameters()).device.type == "cuda"
+        betas = (config.beta1, config.beta2)
+        if config.optimizer_kind.lower() == "muon":
+            self.optimizer = MuonAdamW(model, config.lr, config.muon_lr or config.lr, config.weight_decay, betas,
+                                       config.muon_momentum, fused=fused)
+        else:
+            self.optimizer = get_optimizer(config.optimizer_kind, parameter_groups(model, config.weight_decay),
+                                           config.lr, config.weight_decay, betas, fused=fused)
         warmup = dict(warmup_steps=config.warmup_steps) if config.warmup_steps is not None else dict(
             warmup_ratio=config.warmup_ratio)
         policy = get_lr_policy(config.lr_policy, total_steps, min_lr_ratio=config.min_lr_ratio, **warmup)

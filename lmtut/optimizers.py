@@ -12,7 +12,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "novograd")
+OPTIMIZERS = ("adam", "adamw", "sgd", "novograd", "muon")
 
 
 class NovoGrad(torch.optim.Optimizer):
@@ -55,9 +55,50 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon (Jordan et al., 2024; ``torch.optim.Muon``) on the 2-D weights of the Transformer blocks and AdamW on
+    every other parameter (embeddings, softmax layers, norms, biases), as one optimizer: one ``param_groups`` list
+    for the learning-rate schedule, one ``step``, one ``state_dict`` for checkpoints and an exact resume.
+
+    Muon's update is its momentum orthogonalized by a few Newton-Schulz iterations; ``adjust_lr_fn=
+    "match_rms_adamw"`` scales it to the RMS of an AdamW update, so that its learning rate is on AdamW's scale.
+    """
+
+    def __init__(self, model: nn.Module, lr: float, muon_lr: float, weight_decay: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999), momentum: float = 0.95, fused: bool | None = None):
+        matrices = [p for name, p in model.named_parameters() if p.dim() == 2 and ".layers." in f".{name}"]
+        chosen = {id(p) for p in matrices}
+        rest = [g | {"params": [p for p in g["params"] if id(p) not in chosen]}
+                for g in parameter_groups(model, weight_decay)]
+        rest = [g for g in rest if g["params"]]
+        if not matrices:
+            raise ValueError("Muon found no 2-D weight in the model's blocks (parameters named '...layers...')")
+        self.muon = torch.optim.Muon(matrices, lr=muon_lr, weight_decay=weight_decay, momentum=momentum,
+                                     adjust_lr_fn="match_rms_adamw")
+        self.adamw = torch.optim.AdamW(rest, lr=lr, betas=betas, fused=fused) if rest else None
+        self.parts = {"muon": self.muon} | ({"adamw": self.adamw} if self.adamw else {})
+        groups = [g for part in self.parts.values() for g in part.param_groups]
+        super().__init__(groups, {})  # the same group dicts as the parts': the schedule sets both
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for part in self.parts.values():
+            part.step()
+
+    def state_dict(self) -> dict:
+        return {name: part.state_dict() for name, part in self.parts.items()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for name, part in self.parts.items():
+            part.load_state_dict(state_dict[name])
+        # loading gives each part new group dicts: share them again, or the schedule would set the old ones
+        self.param_groups = [g for part in self.parts.values() for g in part.param_groups]
+
+
 def get_optimizer(name: str, params: Iterable, lr: float, weight_decay: float = 0.0,
                   betas: tuple[float, float] = (0.9, 0.999), fused: bool | None = None) -> torch.optim.Optimizer:
-    """``adam``, ``adamw``, ``sgd`` (momentum = beta1, Nesterov) or ``novograd``; ``params`` may be groups.
+    """``adam``, ``adamw``, ``sgd`` (momentum = beta1, Nesterov) or ``novograd``; ``params`` may be groups
+    (``muon`` needs the model: :class:`MuonAdamW`).
 
     ``fused=True`` asks Adam(W) for its fused kernel (one launch for all parameters; the Trainer uses it on CUDA).
     """
@@ -70,4 +111,6 @@ def get_optimizer(name: str, params: Iterable, lr: float, weight_decay: float = 
         return torch.optim.SGD(params, lr=lr, momentum=betas[0], nesterov=betas[0] > 0, weight_decay=weight_decay)
     if name == "novograd":
         return NovoGrad(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    if name == "muon":
+        raise ValueError("muon splits a model's parameters between Muon and AdamW: build MuonAdamW(model, ...)")
     raise ValueError(f"unknown optimizer_kind {name!r}; choose one of {', '.join(OPTIMIZERS)}")

@@ -22,35 +22,62 @@ def generate_text(
     top_k: int | None = None,
     generator: torch.Generator | None = None,
     stop_at_eos: bool = False,
+    kv_cache: bool = True,
 ) -> str:
     """Continue ``prompt`` by sampling one token at a time from the model's distribution.
 
     ``temperature`` < 1 sharpens the distribution (0 means greedy); ``top_k`` keeps only the k most likely words.
-    ``<unk>``, ``<pad>`` and ``<bos>`` are never sampled. The context is cut to the model's last
-    ``max_sequence_length`` tokens.
+    ``<unk>``, ``<pad>`` and ``<bos>`` are never sampled. Each token is predicted from the last
+    ``max_sequence_length`` tokens. ``kv_cache``: keep every layer's keys and values and feed only the new token
+    (:class:`lmtut.attention.KVCache`); once the text outgrows the window, the window slides and is read anew, as
+    without the cache. The words are the same either way.
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    device = next(model.parameters()).device
     ids = [tokenizer.eos_id] + tokenizer.encode(prompt)  # a line starts after an <eos>, as in training
-    window = model.config.max_sequence_length
-    banned = [tokenizer.unk_id, tokenizer.pad_id, tokenizer.bos_id]
     out: list[int] = []
     with evaluating(model):
+        states = ContextStates(model, kv_cache)
         for _ in range(max_tokens):
-            context = torch.tensor([ids[-window:]], device=device)
-            logits = model(context)[0, -1, : tokenizer.vocab_size].float()  # the padded rows are never words
-            logits[banned] = float("-inf")
-            if temperature == 0:
-                nxt = int(logits.argmax())
-            else:
-                logits = logits / temperature
-                if top_k:
-                    kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
-                    logits[logits < kth] = float("-inf")
-                nxt = int(torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator))
+            hidden = states.last_hidden(ids)
+            logits = model.classifier(hidden)[0, -1, : tokenizer.vocab_size].float()  # padded rows: never words
+            nxt = sample(logits, [tokenizer.unk_id, tokenizer.pad_id, tokenizer.bos_id], temperature, top_k,
+                         generator)
             ids.append(nxt)
             out.append(nxt)
             if stop_at_eos and nxt == tokenizer.eos_id:
                 break
     return tokenizer.decode(out)
+
+
+class ContextStates:
+    """The encoder's state at the last token of the context: re-read over the last window at every token, or (with
+    the cache) from the new token alone while the text fits in the window."""
+
+    def __init__(self, model: nn.Module, kv_cache: bool = True):
+        self.encoder, self.use_cache = model.encoder, kv_cache
+        self.window = model.config.max_sequence_length
+        self.cache, self.cached = None, 0  # how many tokens of ids the cache holds
+
+    def last_hidden(self, ids: list[int]) -> torch.Tensor:
+        """(1, 1, d_model): the hidden state at ``ids[-1]``, from the last ``max_sequence_length`` tokens."""
+        device = next(self.encoder.parameters()).device
+        if not self.use_cache:
+            return self.encoder(torch.tensor([ids[-self.window:]], device=device))[:, -1:]
+        if len(ids) > self.window or self.cache is None:  # a new window: read it whole into a fresh cache
+            self.cache, self.cached = self.encoder.new_cache(), max(len(ids) - self.window, 0)
+        new = torch.tensor([ids[self.cached + self.cache[0].length:]], device=device)
+        return self.encoder.forward_cached(new, self.cache)[:, -1:]
+
+
+def sample(logits: torch.Tensor, banned: list[int], temperature: float, top_k: int | None,
+           generator: torch.Generator | None) -> int:
+    """One token id from ``logits`` (V,): greedy at temperature 0, else from the tempered, top-k cut softmax."""
+    logits[banned] = float("-inf")
+    if temperature == 0:
+        return int(logits.argmax())
+    logits = logits / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+        logits[logits < kth] = float("-inf")
+    return int(torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator))

@@ -17,11 +17,13 @@ class TrainConfig:
     batches_per_step: int = 1  # micro-batches per optimizer step: gradient accumulation (NeMo's iter_per_step)
     num_epochs: int = 1  # passes over the training windows (unless max_steps is set)
     max_steps: int | None = None  # overrides num_epochs
-    optimizer_kind: str = "adamw"  # adam, adamw, sgd or novograd
+    optimizer_kind: str = "adamw"  # adam, adamw, sgd, novograd, or muon (on the blocks' matrices; AdamW on the rest)
     lr: float = 1e-3  # peak learning rate, after the warmup
     weight_decay: float = 0.0  # decoupled (AdamW); never on biases, LayerNorm weights or positions
     beta1: float = 0.9  # Adam's first-moment decay (SGD: momentum)
     beta2: float = 0.999  # Adam's second-moment decay
+    muon_lr: float | None = None  # optimizer_kind muon: Muon's peak learning rate (None: lr)
+    muon_momentum: float = 0.95  # optimizer_kind muon: Muon's momentum
     lr_policy: str = "cosine"  # constant, cosine, linear or inverse_sqrt
     warmup_ratio: float = 0.05  # linear warmup over this share of the steps (NeMo's lr_warmup_proportion)
     warmup_steps: int | None = None  # or over this many steps (overrides warmup_ratio)

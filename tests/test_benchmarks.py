@@ -47,3 +47,10 @@ def test_dynamic_eval_quick(tmp_path):
     assert set(result["median"]) == {"before", "after"} and all(s > 0 for s in result["median"].values())
     assert abs(result["speedup"] - result["median"]["before"] / result["median"]["after"]) < 1e-9
     assert all(len(rounds) == 1 for rounds in result["seconds_per_1000_tokens"].values())
+
+
+def test_generation_quick(tmp_path):
+    result = run_benchmark("generation.py", tmp_path / "g.json", "--rounds", "1", "--words", "40")
+    assert result["same_words"] and set(result["median_words_per_s"]) == {"kv_cache", "no_kv_cache"}
+    assert abs(result["ratio"] - result["median_words_per_s"]["kv_cache"]
+               / result["median_words_per_s"]["no_kv_cache"]) < 1e-9

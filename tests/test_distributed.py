@@ -79,3 +79,12 @@ def test_adaptive_softmax_under_torchrun(corpus, tmp_path):
     launch(corpus, tmp_path / "one", 1, *adaptive)
     launch(corpus, tmp_path / "two", 2, *adaptive)
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+
+
+def test_the_modern_block_with_muon_under_torchrun(corpus, tmp_path):
+    # Muon orthogonalizes each matrix's whole gradient: it must see the all-reduced one, as AdamW does.
+    modern = ["--norm", "rms", "--positions", "rope", "--activation", "swiglu", "--no-bias", "--qk_norm",
+              "--optimizer_kind", "muon", "--muon_lr", "0.02"]
+    launch(corpus, tmp_path / "one", 1, *modern)
+    launch(corpus, tmp_path / "two", 2, *modern)
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)

@@ -1,0 +1,122 @@
+"""The 2017 block against today's, one change at a time, over several seeds, at equal steps and at equal wall time.
+
+    python scripts/compare_modern.py --seeds 0 1 2 3 4 --steps 600 --seconds 150
+    python scripts/compare_modern.py --report          # the verdicts again, from the file
+
+Every variant is the ``cpu-demo`` recipe (its model, batch and schedule shape) with one change of the modern
+Transformer block (RMSNorm, rotary positions, SwiGLU, no biases, QK-norm, Muon), and all of them together. Each runs
+with every seed twice: for ``--steps`` optimizer steps (equal steps: what the change does per update), and for as
+many steps as fit in ``--seconds`` of training on this machine (equal wall time: what it does for a budget), its
+steps per second measured first by a short timed run of its own. The cosine schedule always ends with the run.
+Validation perplexity is measured at the end on the first ``--valid_tokens`` of the validation split. Every run goes
+to ``results/modern/comparison.json`` with the verdicts of ``lmtut.evidence.compare`` against the 2017 block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+import torch  # noqa: E402
+
+from lmtut import build_datasets, build_model, build_trainer, make_config, prepare  # noqa: E402
+from lmtut.evidence import compare  # noqa: E402
+from lmtut.files import atomic_write_text  # noqa: E402
+from lmtut.provenance import provenance  # noqa: E402
+
+PRESET = "cpu-demo"
+MUON = dict(optimizer_kind="muon", muon_lr=6e-3)
+VARIANTS: dict[str, dict] = {
+    "2017 block": {},
+    "RMSNorm": dict(norm="rms"),
+    "rotary positions": dict(positions="rope"),
+    "SwiGLU": dict(activation="swiglu"),
+    "no biases": dict(bias=False),
+    "QK-norm": dict(qk_norm=True),
+    "Muon": MUON,
+    "all of them": dict(norm="rms", positions="rope", activation="swiglu", bias=False, qk_norm=True, **MUON),
+}
+OUT = ROOT / "results" / "modern" / "comparison.json"
+
+
+def train(variant: str, seed: int, steps: int, corpus, tokenizer, valid_tokens: int) -> dict:
+    """One run of ``variant`` for ``steps`` steps: its validation perplexity, steps and seconds of training."""
+    work_dir = tempfile.mkdtemp(prefix="lmtut-modern-")
+    config = make_config(PRESET, **VARIANTS[variant], seed=seed, max_steps=steps, eval_every=10**9,
+                         checkpoint_every=10**9, keep_checkpoints=1, work_dir=work_dir)
+    datasets = build_datasets(config, corpus, tokenizer, eval_tokens=valid_tokens)
+    trainer = build_trainer(config, build_model(config, tokenizer), datasets, show_bar=False).train()
+    return {"steps": trainer.step, "seconds": trainer.train_seconds,
+            "valid_ppl": trainer.last_eval["valid"]["valid_ppl"]}
+
+
+def steps_per_second(variant: str, corpus, tokenizer, probe_steps: int) -> float:
+    """A short timed run (its first steps excluded): how many steps of this variant a second of training holds."""
+    short = train(variant, 0, probe_steps, corpus, tokenizer, valid_tokens=1000)
+    return short["steps"] / short["seconds"]
+
+
+def verdicts(runs: list[dict]) -> dict:
+    """Each variant against the 2017 block, at each budget: lmtut.evidence.compare of the final perplexities."""
+    out = {}
+    for budget in ("equal steps", "equal time"):
+        by = {(r["variant"], r["seed"]): r["valid_ppl"] for r in runs if r["budget"] == budget}
+        seeds = sorted({s for v, s in by if v == "2017 block"})
+        for variant in VARIANTS:
+            if variant == "2017 block" or any((variant, s) not in by for s in seeds):
+                continue
+            c = compare([by[variant, s] for s in seeds], [by["2017 block", s] for s in seeds], variant, "2017 block")
+            out.setdefault(budget, {})[variant] = {"verdict": c.verdict, "summary": str(c),
+                                                   "mean_difference": c.mean_difference, "relative": c.relative}
+            print(f"{budget:11s} {c}")
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--steps", type=int, default=600, help="the equal-steps budget")
+    parser.add_argument("--seconds", type=float, default=150.0, help="the equal-time budget, seconds of training")
+    parser.add_argument("--probe_steps", type=int, default=40, help="steps of the timed run that sets equal time")
+    parser.add_argument("--valid_tokens", type=int, default=81_920)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--report", action="store_true", help="print the verdicts of the file and stop")
+    args = parser.parse_args()
+    if args.report:
+        verdicts(json.loads(Path(args.out).read_text())["runs"])
+        return 0
+    origin = provenance(torch.device("cpu"))  # the commit that runs, not the one checked out when it ends
+    corpus, tokenizer = prepare(make_config(PRESET))
+    runs, rates = [], {}
+    for variant in args.variants:
+        rates[variant] = steps_per_second(variant, corpus, tokenizer, args.probe_steps)
+        timed = max(1, int(args.seconds * rates[variant]))
+        for seed in args.seeds:
+            for budget, steps in (("equal steps", args.steps), ("equal time", timed)):
+                start = time.perf_counter()
+                run = train(variant, seed, steps, corpus, tokenizer, args.valid_tokens)
+                runs.append({"variant": variant, "settings": VARIANTS[variant], "seed": seed, "budget": budget,
+                             **run})
+                print(f"{variant:17s} seed {seed} {budget:11s}: {run['steps']:4d} steps, {run['seconds']:5.0f} s, "
+                      f"valid {run['valid_ppl']:.1f} ({time.perf_counter() - start:.0f} s)", flush=True)
+    record = {"command": "python scripts/compare_modern.py " + shlex.join(sys.argv[1:]), "preset": PRESET,
+              "steps": args.steps, "seconds": args.seconds, "valid_tokens": args.valid_tokens,
+              "steps_per_second": rates, **origin, "runs": runs, "comparisons": verdicts(runs)}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(record, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

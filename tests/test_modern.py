@@ -1,0 +1,223 @@
+"""The modern block's options (RMSNorm, rotary positions, SwiGLU, no biases, QK-norm), Muon, and the KV cache."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmtut import (LanguageModelingDataset, TrainConfig, Trainer, TransformerLM, TransformerLMConfig,
+                   evaluate_perplexity, generate_text)
+from lmtut.attention import CausalSelfAttention, attention_reference
+from lmtut.optimizers import MuonAdamW
+from lmtut.rotary import apply_rotary, rotary_angles
+
+from helpers import interrupted_run
+
+MODERN = dict(norm="rms", positions="rope", activation="swiglu", bias=False, qk_norm=True)
+
+
+def config(vocab_size=50, **kw):
+    base = dict(vocab_size=vocab_size, d_model=32, num_layers=2, num_attn_heads=4, d_inner=64,
+                max_sequence_length=16, dropout=0.0)
+    return TransformerLMConfig(**(base | kw))
+
+
+# ----------------------------------------------------------------------------------------------- rotary positions
+
+
+def test_rotary_positions_are_a_complex_multiplication():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 7, 8)  # (B, heads, T, d_head)
+    positions = torch.arange(5, 12)
+    cos, sin = rotary_angles(positions, 8)
+    theta = 10000.0 ** (-torch.arange(0, 8, 2) / 8)
+    turn = torch.polar(torch.ones(7, 4), positions[:, None].float() * theta)  # e^{i p theta_k}
+    expected = torch.view_as_real(torch.view_as_complex(x.reshape(2, 3, 7, 4, 2)) * turn).flatten(-2)
+    assert torch.allclose(apply_rotary(x, cos, sin), expected, atol=1e-6)
+
+
+def test_rotary_dot_products_depend_on_the_offset_only():
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def score(m, n):
+        qm = apply_rotary(q, *rotary_angles(torch.tensor([m]), 16))
+        kn = apply_rotary(k, *rotary_angles(torch.tensor([n]), 16))
+        return (qm * kn).sum().item()
+
+    assert score(3, 1) == pytest.approx(score(10, 8), abs=1e-5) == pytest.approx(score(102, 100), abs=1e-4)
+    assert score(3, 1) != pytest.approx(score(3, 2), abs=1e-3)
+    with pytest.raises(ValueError, match="even head width"):
+        rotary_angles(torch.arange(3), 7)
+
+
+def test_rotary_attention_matches_the_reference_on_turned_queries_and_keys():
+    torch.manual_seed(0)
+    attention = CausalSelfAttention(config(positions="rope")).eval()
+    x = torch.randn(2, 10, 32)
+    y, _ = attention(x)
+    q, k, v = attention.split_heads(x)
+    cos, sin = rotary_angles(torch.arange(10), attention.d_head)
+    expected, _ = attention_reference(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v)
+    assert torch.allclose(y, attention.merge_heads(expected), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- the block's options
+
+
+def test_the_options_build_the_modern_block():
+    model = TransformerLM(config(**MODERN))
+    block = model.encoder.layers[0]
+    assert isinstance(block.norm1, nn.RMSNorm) and isinstance(model.encoder.final_norm, nn.RMSNorm)
+    assert model.encoder.position_embedding is None and not model.encoder.additive_positions
+    assert isinstance(block.attn.q_norm, nn.RMSNorm) and block.attn.q_norm.normalized_shape == (8,)
+    biases = [name for name, _ in model.named_parameters() if name.endswith("bias")]
+    assert biases == [], biases
+    assert all(isinstance(m, nn.LayerNorm) for m in (TransformerLM(config()).encoder.layers[0].norm1,))
+    with pytest.raises(ValueError, match="norm must be one of"):
+        config(norm="batch")
+
+
+def test_swiglu_keeps_the_parameter_count_by_its_stated_rule():
+    relu, swiglu = config(d_inner=96), config(d_inner=96, activation="swiglu")
+    assert swiglu.ffn_hidden == 64  # 2/3 of d_inner, rounded up to a multiple of 8
+    count = {name: TransformerLM(c).encoder.layers[0].ffn for name, c in (("relu", relu), ("swiglu", swiglu))}
+    n = {name: sum(p.numel() for p in ffn.parameters()) for name, ffn in count.items()}
+    assert abs(n["swiglu"] / n["relu"] - 1) < 0.02, n
+    ffn = count["swiglu"]
+    x = torch.randn(3, 32)
+    assert torch.allclose(ffn(x), ffn.down(F.silu(ffn.gate(x)) * ffn.up(x)))
+
+
+def test_qk_norm_normalizes_each_heads_queries_and_keys():
+    attention = CausalSelfAttention(config(qk_norm=True))
+    q, k = attention.positioned(torch.randn(2, 4, 5, 8) * 30, torch.randn(2, 4, 5, 8) * 30)
+    assert torch.allclose(q.pow(2).mean(-1), torch.ones(2, 4, 5), atol=1e-3)
+    assert torch.allclose(k.pow(2).mean(-1), torch.ones(2, 4, 5), atol=1e-3)
+
+
+def test_the_modern_model_is_causal_and_trains_with_the_adaptive_softmax(tokenizer, corpus):
+    cfg = config(tokenizer.vocab_size, **MODERN, softmax="adaptive", tie_weights=False, adaptive_cutoffs=(8, 16))
+    torch.manual_seed(0)
+    model = TransformerLM(cfg).eval()
+    ids = torch.randint(4, tokenizer.vocab_size, (2, 12))
+    changed = ids.clone()
+    changed[:, 7] = (changed[:, 7] + 1) % tokenizer.vocab_size
+    a, b = model(ids), model(changed)
+    assert torch.allclose(a[:, :7], b[:, :7], atol=1e-6) and not torch.allclose(a[:, 7:], b[:, 7:])
+    train = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
+    valid = LanguageModelingDataset(tokenizer, corpus / "valid.txt", max_sequence_length=16, batch_step=4)
+    before = evaluate_perplexity(model, valid)[1]
+    Trainer(model, train, TrainConfig(batch_size=8, max_steps=30, lr=1e-2, precision="amp-bf16"), device="cpu").train()
+    assert evaluate_perplexity(model, valid)[1] < before / 2
+
+
+# ----------------------------------------------------------------------------------------------- Muon
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
+    model = TransformerLM(config(tie_weights=False))
+    optimizer = MuonAdamW(model, lr=1e-3, muon_lr=2e-3, weight_decay=0.1)
+    muon = {id(p) for g in optimizer.muon.param_groups for p in g["params"]}
+    names = {name for name, p in model.named_parameters() if id(p) in muon}
+    assert names and all(".layers." in f".{n}" and model.get_parameter(n).dim() == 2 for n in names)
+    assert "encoder.embedding.weight" not in names and "classifier.last.weight" not in names
+    every = [p for g in optimizer.param_groups for p in g["params"]]
+    assert len(every) == len({id(p) for p in every}) == len(list(model.parameters()))  # each once, all of them
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
+    assert optimizer.muon.param_groups[0]["lr"] == 1e-3 and optimizer.adamw.param_groups[0]["lr"] == 5e-4
+    assert schedule.get_last_lr()[0] == 1e-3
+
+
+def test_muon_orthogonalizes_its_update():
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(16, 16))
+    model = nn.Module()
+    model.layers = nn.ModuleList([nn.Linear(16, 16, bias=False)])
+    model.layers[0].weight = w
+    optimizer = MuonAdamW(model, lr=0.0, muon_lr=0.1, momentum=0.0)
+    u, _, vt = torch.linalg.svd(torch.randn(16, 16))
+    gradient = u @ torch.diag(torch.logspace(0, -3, 16)) @ vt  # singular values from 1 down to 0.001
+    before = w.detach().clone()
+    (w * gradient).sum().backward()
+    optimizer.step()
+    singular = torch.linalg.svdvals(before - w.detach())
+    assert singular.max() / singular.min() < 10  # near-orthogonal: Newton-Schulz flattens the spectrum (was 1000)
+
+
+def test_muon_resumes_exactly(tokenizer, corpus, tmp_path):
+    ds = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
+    cfg = TrainConfig(batch_size=4, max_steps=8, lr=1e-2, optimizer_kind="muon", muon_lr=2e-2, weight_decay=0.01)
+
+    def run(work_dir, stop_at=None, resume=False):
+        torch.manual_seed(0)
+        model = TransformerLM(config(tokenizer.vocab_size, **MODERN, dropout=0.2))
+        return interrupted_run(model, ds, cfg, work_dir, stop_at, resume)
+
+    whole, trainer = run(tmp_path / "a")
+    assert isinstance(trainer.optimization.optimizer, MuonAdamW)
+    first, _ = run(tmp_path / "b", stop_at=5)
+    second, _ = run(tmp_path / "b", resume=True)
+    assert {**first, **second} == pytest.approx(whole, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- the KV cache
+
+
+@pytest.mark.parametrize("positions", ["sinusoidal", "learned", "rope"])
+def test_the_kv_cache_gives_the_same_words(tokenizer, positions):
+    torch.manual_seed(0)
+    model = TransformerLM(config(tokenizer.vocab_size, positions=positions, max_sequence_length=12))
+    for prompt, n in (("the n1 v2", 6), ("the n1 v2 a n3 . the n4", 20)):  # within the window, and past it
+        texts = {cache: generate_text(model, tokenizer, prompt, n, temperature=0, kv_cache=cache)
+                 for cache in (True, False)}
+        assert texts[True] == texts[False] and len(texts[True].split()) == n
+
+
+def test_the_cached_states_are_the_full_forward_ones(tokenizer):
+    torch.manual_seed(0)
+    model = TransformerLM(config(tokenizer.vocab_size, **MODERN)).eval()
+    ids = torch.randint(4, tokenizer.vocab_size, (1, 10))
+    full = model.encoder(ids)
+    cache = model.encoder.new_cache()
+    parts = [model.encoder.forward_cached(ids[:, :6], cache)] + [
+        model.encoder.forward_cached(ids[:, t : t + 1], cache) for t in range(6, 10)]
+    assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
+    with pytest.raises(ValueError, match="exceed max_sequence_length"):
+        model.encoder.forward_cached(torch.randint(4, 20, (1, 7)), cache)
+
+
+def test_sampling_with_the_cache_draws_the_same_words(tokenizer):
+    torch.manual_seed(0)
+    model = TransformerLM(config(tokenizer.vocab_size))
+    texts = [generate_text(model, tokenizer, "the", 10, temperature=1.0, top_k=5, kv_cache=cache,
+                           generator=torch.Generator().manual_seed(3)) for cache in (True, False)]
+    assert texts[0] == texts[1]
+
+
+def test_every_option_is_off_by_default():
+    plain, modern = TransformerLMConfig(), replace(TransformerLMConfig(), **MODERN)
+    assert (plain.norm, plain.positions, plain.activation, plain.bias, plain.qk_norm) == (
+        "layer", "sinusoidal", "relu", True, False)
+    assert TrainConfig().optimizer_kind == "adamw" and copy.copy(modern).qk_norm
+
+
+def test_the_modern_model_adapts_at_test_time(tokenizer, corpus):
+    from lmtut import cache_scores, dynamic_evaluation, gradient_rms, score_stream
+
+    torch.manual_seed(0)
+    model = TransformerLM(config(tokenizer.vocab_size, **MODERN, softmax="adaptive", tie_weights=False,
+                                 adaptive_cutoffs=(8, 16))).eval()
+    train = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
+    valid = LanguageModelingDataset(tokenizer, corpus / "valid.txt", max_sequence_length=16, batch_step=4)
+    stream = score_stream(model, valid, show_bar=False)
+    assert stream.perplexity == pytest.approx(evaluate_perplexity(model, valid)[1], rel=1e-6)
+    assert cache_scores(stream, 50, 0.1, 0.1).num_tokens == valid.num_targets
+    rms = gradient_rms(model, train, batch_size=4, max_batches=3, show_bar=False)
+    adapted = dynamic_evaluation(model, valid, 1e-3, rule="rms", decay=0.01, rms=rms, show_bar=False)
+    assert adapted.perplexity < stream.perplexity
