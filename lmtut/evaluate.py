@@ -15,7 +15,6 @@ a grid searched there; ``--tune_tokens`` tunes on valid's first tokens only) and
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from typing import Any
@@ -28,7 +27,7 @@ from lmtut.datasets import split_dataset
 from lmtut.device import DeviceError
 from lmtut.dynamic_eval import RULES
 from lmtut.experiment import load_for_inference, prepare
-from lmtut.files import atomic_write_text
+from lmtut.files import atomic_write_json
 from lmtut.precision import PRECISIONS
 from lmtut.provenance import provenance
 from lmtut.scoring import model_device
@@ -164,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         result[ADAPTED] = adapted
     if args.json:
         result.update(origin)
-        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.json, result)
     return 0
 
 

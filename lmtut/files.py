@@ -8,6 +8,7 @@ refused write deletes the ``.part`` file and leaves the old ``NAME``, if any, un
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,3 +44,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_open(path, "w") as f:
         f.write(text)
     return Path(path)
+
+
+def atomic_write_json(path: str | os.PathLike, payload: Any, indent: int = 2) -> Path:
+    """Write ``payload`` as indented JSON, with a final newline, to ``path`` atomically (its folder made)."""
+    return atomic_write_text(path, json.dumps(payload, indent=indent) + "\n")

@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from lmtut import build_datasets, build_model, build_trainer, make_config, prepare  # noqa: E402
 from lmtut.evidence import compare  # noqa: E402
-from lmtut.files import atomic_write_text  # noqa: E402
+from lmtut.files import atomic_write_json  # noqa: E402
 from lmtut.provenance import provenance  # noqa: E402
 
 PRESET = "cpu-demo"
@@ -111,10 +111,7 @@ def main() -> int:
     record = {"command": "python scripts/compare_modern.py " + shlex.join(sys.argv[1:]), "preset": PRESET,
               "steps": args.steps, "seconds": args.seconds, "valid_tokens": args.valid_tokens,
               "steps_per_second": rates, **origin, "runs": runs, "comparisons": verdicts(runs)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(record, indent=1) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {atomic_write_json(args.out, record, indent=1)}")
     return 0
 
 

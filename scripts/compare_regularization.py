@@ -33,7 +33,7 @@ from lmtut import build_datasets, build_model, build_trainer, download_wikitext2
 from lmtut.evidence import compare  # noqa: E402
 from lmtut.small_corpus import small_corpus  # noqa: E402
 from lmtut.device import default_device  # noqa: E402
-from lmtut.files import atomic_write_text  # noqa: E402
+from lmtut.files import atomic_write_json  # noqa: E402
 from lmtut.provenance import provenance  # noqa: E402
 
 PRESET, FRACTION, EVAL_TOKENS = "cpu-small-data", 0.05, 10_000
@@ -147,9 +147,7 @@ def main() -> int:
            "in_force": {v: in_force(v, **extra) for v in args.variants},
            "extra": extra, "threads_per_run": args.threads, **origin, "runs": runs}
     out["comparisons"] = comparisons(out)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(args.out), json.dumps(out, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    print(f"wrote {atomic_write_json(args.out, out, indent=1)}")
     return 0
 
 

@@ -13,7 +13,6 @@ writes ``results/comparisons/short-runs.json``; the chapters read it and show th
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -36,7 +35,7 @@ from lmtut import (  # noqa: E402
     prepare_corpus,
     quick_train,
 )
-from lmtut.files import atomic_write_text  # noqa: E402
+from lmtut.files import atomic_write_json  # noqa: E402
 from lmtut.provenance import provenance  # noqa: E402
 
 SETUP = dict(train_tokens=200_000, valid_tokens=10_000, max_sequence_length=64, steps=80, batch_size=16, lr=2e-3,
@@ -78,10 +77,7 @@ def main() -> int:
     record = dict(command="python scripts/compare_seeds.py " + shlex.join(sys.argv[1:]), setup=SETUP,
                   model=asdict(small),
                   **origin, runs=runs)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(record, indent=1) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {atomic_write_json(args.out, record, indent=1)}")
     return 0
 
 
