@@ -64,18 +64,27 @@ def adapt_with_cache(streams: dict[str, ScoredStream], cache_size: int, thetas: 
             "perplexity": perplexities(scores), "seconds": time.perf_counter() - start}
 
 
+#: dynamic evaluation's default grids, searched on valid, per rule
+DYNAMIC_DEFAULTS = {"sgd": {"lr": [0.01, 0.03, 0.1], "decay": [0.0]},
+                    "rms": {"lr": [1e-4, 2e-4, 4e-4], "decay": [0.0, 1e-3, 3e-3]}}
+
+
 @dataclass
 class DynamicSettings:
     """What dynamic evaluation is asked to do (the flags of ``lmtut.evaluate``'s dynamic evaluation group)."""
 
     rule: str = "rms"
-    lrs: Sequence[float] = (1e-4, 2e-4, 4e-4)  # the grid searched on valid
-    decays: Sequence[float] = (0.0, 1e-3, 3e-3)
+    lrs: Sequence[float] = tuple(DYNAMIC_DEFAULTS["rms"]["lr"])  # the grid searched on valid
+    decays: Sequence[float] = tuple(DYNAMIC_DEFAULTS["rms"]["decay"])
     eps: float = 1e-3
     stat_batches: int | None = None  # the rms rule's statistics from the first N training batches (None: all)
     batch_size: int = 32  # training windows per batch of the statistics
     precision: str = "fp32"
     show_bar: bool = True
+
+    def evaluation(self) -> dict[str, Any]:
+        """The keyword arguments that every dynamic evaluation of these settings takes."""
+        return dict(rule=self.rule, eps=self.eps, precision=self.precision, show_bar=self.show_bar)
 
 
 def control_windows(train: LanguageModelingDataset, evaluated: LanguageModelingDataset) -> LanguageModelingDataset:
@@ -90,7 +99,7 @@ def adapt_dynamically(model: nn.Module, windows: dict[str, LanguageModelingDatas
     every split of ``windows``; ``train``: the training windows of the rms rule's statistics and of the control.
     ``control_split``: also the control on that split (as many steps, on training text)."""
     start, s = time.perf_counter(), settings
-    common = dict(rule=s.rule, eps=s.eps, precision=s.precision, show_bar=s.show_bar)
+    common = s.evaluation()
     rms = None
     if s.rule == "rms":
         if train is None:
@@ -149,10 +158,9 @@ def dynamic_control(model: nn.Module, evaluated: LanguageModelingDataset, train:
                     tuning: DynamicTuning, rms: Sequence[torch.Tensor] | None, settings: DynamicSettings,
                     split: str = "test") -> dict[str, Any]:
     """The same steps, at the tuned setting, taken on training text instead of the evaluated text."""
-    start, s = time.perf_counter(), settings
-    scores = {split: dynamic_evaluation(model, evaluated, tuning.lr, rule=s.rule, decay=tuning.decay, rms=rms,
-                                        eps=s.eps, precision=s.precision, show_bar=s.show_bar,
-                                        update_on=control_windows(train, evaluated))}
+    start = time.perf_counter()
+    scores = {split: dynamic_evaluation(model, evaluated, tuning.lr, decay=tuning.decay, rms=rms,
+                                        update_on=control_windows(train, evaluated), **settings.evaluation())}
     report("control: dynamic evaluation's steps taken on training text", f"{tuning.rule}, lr {tuning.lr:g}, decay "
            f"{tuning.decay:g}", scores)
     return {"method": "as many steps at the tuned setting, each on the next window of the training split's start "

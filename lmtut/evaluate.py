@@ -19,7 +19,8 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-from lmtut.adaptation import ADAPTED, DynamicSettings, adapt_dynamically, adapt_with_cache, calibrate_temperature
+from lmtut.adaptation import (ADAPTED, DYNAMIC_DEFAULTS, DynamicSettings, adapt_dynamically, adapt_with_cache,
+                              calibrate_temperature)
 from lmtut.cache import LAMBDAS, THETAS, check_cache_args
 from lmtut.checkpoint import CheckpointError
 from lmtut.corpus import DataError
@@ -71,11 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("temperature calibration (Guo et al., 2017)")
     group.add_argument("--calibrate_temperature", action="store_true", help="fit one softmax temperature on valid")
     return parser
-
-
-#: dynamic evaluation's default grids, per rule
-DYNAMIC_DEFAULTS = {"sgd": {"lr": [0.01, 0.03, 0.1], "decay": [0.0]},
-                    "rms": {"lr": [1e-4, 2e-4, 4e-4], "decay": [0.0, 1e-3, 3e-3]}}
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
