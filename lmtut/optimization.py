@@ -16,6 +16,7 @@ from torch import nn
 from lmtut.lr_policies import build_scheduler, get_lr_policy
 from lmtut.optimizers import MuonAdamW, get_optimizer, parameter_groups
 from lmtut.precision import Precision
+from lmtut.scoring import model_device
 from lmtut.train_config import TrainConfig
 
 
@@ -28,7 +29,7 @@ class Optimization:
 
     def __init__(self, model: nn.Module, config: TrainConfig, total_steps: int, precision: Precision):
         self.model, self.config = model, config
-        fused = next(model.parameters()).device.type == "cuda"
+        fused = model_device(model).type == "cuda"
         betas = (config.beta1, config.beta2)
         if config.optimizer_kind.lower() == "muon":
             self.optimizer = MuonAdamW(model, config.lr, config.muon_lr or config.lr, config.weight_decay, betas,

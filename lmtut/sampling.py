@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lmtut.scoring import evaluating
+from lmtut.scoring import evaluating, model_device
 from lmtut.tokenizer import WordTokenizer
 
 
@@ -56,17 +56,16 @@ class ContextStates:
 
     def __init__(self, model: nn.Module, kv_cache: bool = True):
         self.encoder, self.use_cache = model.encoder, kv_cache
-        self.window = model.config.max_sequence_length
+        self.window, self.device = model.config.max_sequence_length, model_device(model)
         self.cache, self.cached = None, 0  # how many tokens of ids the cache holds
 
     def last_hidden(self, ids: list[int]) -> torch.Tensor:
         """(1, 1, d_model): the hidden state at ``ids[-1]``, from the last ``max_sequence_length`` tokens."""
-        device = next(self.encoder.parameters()).device
         if not self.use_cache:
-            return self.encoder(torch.tensor([ids[-self.window:]], device=device))[:, -1:]
+            return self.encoder(torch.tensor([ids[-self.window:]], device=self.device))[:, -1:]
         if len(ids) > self.window or self.cache is None:  # a new window: read it whole into a fresh cache
             self.cache, self.cached = self.encoder.new_cache(), max(len(ids) - self.window, 0)
-        new = torch.tensor([ids[self.cached + self.cache[0].length:]], device=device)
+        new = torch.tensor([ids[self.cached + self.cache[0].length:]], device=self.device)
         return self.encoder.forward_cached(new, self.cache)[:, -1:]
 
 
