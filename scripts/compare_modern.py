@@ -3,13 +3,15 @@
     python scripts/compare_modern.py --seeds 0 1 2 3 4 --steps 600 --seconds 150
     python scripts/compare_modern.py --report          # the verdicts again, from the file
 
-Every variant is the ``cpu-demo`` recipe (its model, batch and schedule shape) with one change of the modern
-Transformer block (RMSNorm, rotary positions, SwiGLU, no biases, QK-norm, Muon), and all of them together. Each runs
+Every variant is the ``cpu-demo`` recipe (its model, batch and schedule shape) with the 2017 block (:data:`BLOCK_2017`)
+and one change of the modern Transformer block (RMSNorm, rotary positions, SwiGLU, no biases, QK-norm, Muon), or all
+of them together. Each runs
 with every seed twice: for ``--steps`` optimizer steps (equal steps: what the change does per update), and for as
 many steps as fit in ``--seconds`` of training on this machine (equal wall time: what it does for a budget), its
 steps per second measured first by a short timed run of its own. The cosine schedule always ends with the run.
 Validation perplexity is measured at the end on the first ``--valid_tokens`` of the validation split. Every run goes
-to ``results/modern/comparison.json`` with the verdicts of ``lmtut.evidence.compare`` against the 2017 block.
+to ``results/modern/comparison.json`` as soon as it ends, with the verdicts of ``lmtut.evidence.compare`` against the
+2017 block; a second call with the same budgets skips the runs the file holds (add seeds, or resume after Ctrl-C).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ from lmtut.files import atomic_write_json  # noqa: E402
 from lmtut.provenance import provenance  # noqa: E402
 
 PRESET = "cpu-demo"
+#: The block of Vaswani et al. (2017) as the cpu-demo recipe first had it, spelled out so the preset may change.
+BLOCK_2017 = dict(norm="layer", positions="sinusoidal", activation="relu", bias=True, qk_norm=False,
+                  optimizer_kind="adamw")
 MUON = dict(optimizer_kind="muon", muon_lr=6e-3)
 VARIANTS: dict[str, dict] = {
     "2017 block": {},
@@ -50,7 +55,7 @@ OUT = ROOT / "results" / "modern" / "comparison.json"
 def train(variant: str, seed: int, steps: int, corpus, tokenizer, valid_tokens: int) -> dict:
     """One run of ``variant`` for ``steps`` steps: its validation perplexity, steps and seconds of training."""
     work_dir = tempfile.mkdtemp(prefix="lmtut-modern-")
-    config = make_config(PRESET, **VARIANTS[variant], seed=seed, max_steps=steps, eval_every=10**9,
+    config = make_config(PRESET, **{**BLOCK_2017, **VARIANTS[variant]}, seed=seed, max_steps=steps, eval_every=10**9,
                          checkpoint_every=10**9, keep_checkpoints=1, work_dir=work_dir)
     datasets = build_datasets(config, corpus, tokenizer, eval_tokens=valid_tokens)
     trainer = build_trainer(config, build_model(config, tokenizer), datasets, show_bar=False).train()
@@ -94,24 +99,33 @@ def main() -> int:
     if args.report:
         verdicts(json.loads(Path(args.out).read_text())["runs"])
         return 0
-    origin = provenance(torch.device("cpu"))  # the commit that runs, not the one checked out when it ends
+    out = Path(args.out)
+    budgets = {"steps": args.steps, "seconds": args.seconds, "valid_tokens": args.valid_tokens}
+    record = json.loads(out.read_text()) if out.exists() else {}
+    if any(record.get(k) != v for k, v in budgets.items()):  # another budget: start a new file
+        record = {"command": "python scripts/compare_modern.py " + shlex.join(sys.argv[1:]), "preset": PRESET,
+                  "block_2017": BLOCK_2017, **budgets, "steps_per_second": {},
+                  **provenance(torch.device("cpu")), "runs": []}
+    done = {(r["variant"], r["seed"], r["budget"]) for r in record["runs"]}
     corpus, tokenizer = prepare(make_config(PRESET))
-    runs, rates = [], {}
     for variant in args.variants:
-        rates[variant] = steps_per_second(variant, corpus, tokenizer, args.probe_steps)
+        rates = record["steps_per_second"]
+        if variant not in rates:
+            rates[variant] = steps_per_second(variant, corpus, tokenizer, args.probe_steps)
         timed = max(1, int(args.seconds * rates[variant]))
         for seed in args.seeds:
             for budget, steps in (("equal steps", args.steps), ("equal time", timed)):
+                if (variant, seed, budget) in done:
+                    continue
                 start = time.perf_counter()
                 run = train(variant, seed, steps, corpus, tokenizer, args.valid_tokens)
-                runs.append({"variant": variant, "settings": VARIANTS[variant], "seed": seed, "budget": budget,
-                             **run})
+                record["runs"].append({"variant": variant, "settings": VARIANTS[variant], "seed": seed,
+                                       "budget": budget, **run})
+                atomic_write_json(out, record, indent=1)  # nothing lost when the comparison is interrupted
                 print(f"{variant:17s} seed {seed} {budget:11s}: {run['steps']:4d} steps, {run['seconds']:5.0f} s, "
                       f"valid {run['valid_ppl']:.1f} ({time.perf_counter() - start:.0f} s)", flush=True)
-    record = {"command": "python scripts/compare_modern.py " + shlex.join(sys.argv[1:]), "preset": PRESET,
-              "steps": args.steps, "seconds": args.seconds, "valid_tokens": args.valid_tokens,
-              "steps_per_second": rates, **origin, "runs": runs, "comparisons": verdicts(runs)}
-    print(f"wrote {atomic_write_json(args.out, record, indent=1)}")
+    record["comparisons"] = verdicts(record["runs"])
+    print(f"wrote {atomic_write_json(out, record, indent=1)}")
     return 0
 
 
