@@ -124,6 +124,7 @@ def main() -> int:
                 atomic_write_json(out, record, indent=1)  # nothing lost when the comparison is interrupted
                 print(f"{variant:17s} seed {seed} {budget:11s}: {run['steps']:4d} steps, {run['seconds']:5.0f} s, "
                       f"valid {run['valid_ppl']:.1f} ({time.perf_counter() - start:.0f} s)", flush=True)
+    record["command"] = "python scripts/compare_modern.py " + shlex.join(sys.argv[1:])  # the call that completed it
     record["comparisons"] = verdicts(record["runs"])
     print(f"wrote {atomic_write_json(out, record, indent=1)}")
     return 0
