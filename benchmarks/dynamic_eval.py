@@ -1,4 +1,4 @@
-"""Chapter 8's benchmark: seconds per 1,000 scored tokens of dynamic evaluation, before and after a change.
+"""Chapter 9's benchmark: seconds per 1,000 scored tokens of dynamic evaluation, before and after a change.
 
     python benchmarks/dynamic_eval.py runs/cpu-demo/checkpoints/ckpt-step0002200.pt --before 89a747c
     python benchmarks/dynamic_eval.py --quick           # a tiny random model, a few windows: a smoke test (CI)

@@ -1,4 +1,4 @@
-"""Chapter 11's loss benchmark: three ways to compute the softmax loss of the training step, speed and peak memory.
+"""Chapter 12's loss benchmark: three ways to compute the softmax loss of the training step, speed and peak memory.
 
     python benchmarks/loss_variants.py            # cpu-demo shapes on a CPU, gpu-base shapes on a GPU
     python benchmarks/loss_variants.py --quick --json results/benchmarks/loss-variants.json

@@ -1,4 +1,4 @@
-"""Chapter 9's benchmark: training-step speed and peak memory of each precision mode on this device.
+"""Chapter 10's benchmark: training-step speed and peak memory of each precision mode on this device.
 
     python benchmarks/precision.py                 # gpu-base shapes on a GPU, cpu-demo shapes on a CPU
     python benchmarks/precision.py --quick         # a few steps: a smoke test (CI)

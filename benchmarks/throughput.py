@@ -1,4 +1,4 @@
-"""Chapter 11's benchmark: the lmtut training step against a plain-PyTorch reference, side by side in one process.
+"""Chapter 12's benchmark: the lmtut training step against a plain-PyTorch reference, side by side in one process.
 
     python benchmarks/throughput.py                      # gpu-base shapes on a GPU, cpu-demo shapes on a CPU
     python benchmarks/throughput.py --quick              # a few steps (CI)

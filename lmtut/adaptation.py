@@ -1,4 +1,4 @@
-"""Chapter 8: the adaptation steps of ``python -m lmtut.evaluate``, as functions that chapter 8 calls too.
+"""Chapter 9: the adaptation steps of ``python -m lmtut.evaluate``, as functions that chapter 9 calls too.
 
 Each one tunes its hyperparameters on the validation split (or its first ``tune_tokens``), applies them unchanged to
 every split it is given, prints one line and returns a JSON-ready record: the method, its settings, what they were

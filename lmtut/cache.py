@@ -1,4 +1,4 @@
-"""Chapter 8: the neural cache of Grave et al. (2017), *Improving Neural Language Models with a Continuous Cache*.
+"""Chapter 9: the neural cache of Grave et al. (2017), *Improving Neural Language Models with a Continuous Cache*.
 
 The cache stores the last ``cache_size`` pairs (h_i, w_i) of the stream: the model's last hidden state at position
 i and the word that followed it, which is known by the time it is stored. At position t it predicts

@@ -1,4 +1,4 @@
-"""Chapter 8: softmax temperature calibration (Guo et al., 2017, *On Calibration of Modern Neural Networks*).
+"""Chapter 9: softmax temperature calibration (Guo et al., 2017, *On Calibration of Modern Neural Networks*).
 
 One number T divides the logits before the softmax, ``p_T = softmax(z / T)``: T > 1 flattens an over-confident
 model's distribution, T < 1 sharpens an under-confident one. T is fitted on the validation split by minimizing its

@@ -1,4 +1,4 @@
-"""Chapter 10: data-parallel training with ``torchrun`` and ``torch.distributed`` (NeMo's ``local_rank``).
+"""Chapter 11: data-parallel training with ``torchrun`` and ``torch.distributed`` (NeMo's ``local_rank``).
 
 ``torchrun --nproc_per_node=N -m lmtut.train ...`` starts N processes and gives each the environment variables
 ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``. ``init_distributed`` reads them,

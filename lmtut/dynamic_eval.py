@@ -1,4 +1,4 @@
-"""Chapter 8: dynamic evaluation (Krause et al., 2018, *Dynamic Evaluation of Neural Sequence Models*).
+"""Chapter 9: dynamic evaluation (Krause et al., 2018, *Dynamic Evaluation of Neural Sequence Models*).
 
 The model keeps learning while it reads the test text: the stream is cut into segments, and each segment is
 **first scored, then learned from**: one gradient step on the loss of that same, already-scored segment, and on to

@@ -1,4 +1,4 @@
-"""Chapter 7: weight averaging (Polyak & Juditsky, 1992), as an exponential moving average of the weights.
+"""Chapter 8: weight averaging (Polyak & Juditsky, 1992), as an exponential moving average of the weights.
 
 Training ends wherever the last noisy steps left the weights; the average of the weights over the last steps lies
 nearer the bottom of the valley they bounce around in, and usually generalizes better. Polyak averaging weighs all

@@ -5,7 +5,7 @@ blocks of causal self-attention and a position-wise feed-forward network, each w
 with layer normalization. Pre-norm (norm, sublayer, add; a final norm after the last block) is the default: it
 trains stably without a long warmup. Post-norm (add, then norm) is the original paper's arrangement.
 
-Chapter 7 adds the regularization of ``lmtut.regularization``: word dropout on the embedding lookup, dropout on the
+Chapter 8 adds the regularization of ``lmtut.regularization``: word dropout on the embedding lookup, dropout on the
 final states (``output_dropout``), and with ``locked_dropout`` one mask per sequence for the embedding, residual
 and output dropouts.
 """

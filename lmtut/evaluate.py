@@ -1,4 +1,4 @@
-"""Chapters 6 and 8: ``python -m lmtut.evaluate CHECKPOINT`` (or ``lmtut-evaluate``): the perplexity of a checkpoint,
+"""Chapters 6 and 9: ``python -m lmtut.evaluate CHECKPOINT`` (or ``lmtut-evaluate``): the perplexity of a checkpoint,
 static, calibrated, and adapted at test time.
 
     python -m lmtut.evaluate runs/cpu-demo/checkpoints/ckpt-step0000500.pt --split test [--predict_last_k K]

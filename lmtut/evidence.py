@@ -1,4 +1,4 @@
-"""Chapters 4, 5 and 7: when a run over several seeds supports the claim "A is lower than B".
+"""Chapters 4, 5 and 8: when a run over several seeds supports the claim "A is lower than B".
 
 Two recipes trained with the same seeds are compared seed by seed. The book states an ordering only when
 

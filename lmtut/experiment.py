@@ -54,7 +54,7 @@ def build_datasets(config: RunConfig, corpus: LanguageModelDataDesc, tokenizer: 
     when given: a CPU chapter's budget).
 
     With ``train_eval_tokens`` set, ``"train_eval"`` holds ``predict_last_k`` windows over the training split's
-    first tokens, scored like validation: the training perplexity that chapter 7 draws beside the validation one.
+    first tokens, scored like validation: the training perplexity that chapter 8 draws beside the validation one.
     """
     L, k = config.model.max_sequence_length, config.data.predict_last_k
     datasets = {split: split_dataset(corpus, tokenizer, split, L, None if split == "train" else k,

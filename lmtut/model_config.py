@@ -1,4 +1,4 @@
-"""Chapters 3, 4 and 7: the model's hyperparameters, in one dataclass that owns its defaults and checks.
+"""Chapters 3, 4, 7 and 8: the model's hyperparameters, in one dataclass that owns its defaults and checks.
 
 Every module of the model receives this one object (``TransformerLM(config)``, ``TransformerEncoder(config)``,
 ``TransformerBlock(config)``, ``CausalSelfAttention(config)``), as in nanoGPT: a hyperparameter is named once and

@@ -1,4 +1,4 @@
-"""Chapters 6 and 9: an optimizer step, from gradients to updated weights.
+"""Chapters 6 and 10: an optimizer step, from gradients to updated weights.
 
 :class:`Optimization` owns the optimizer (its parameter groups: no weight decay on biases, norms and positions),
 the learning-rate schedule over the run's steps, fp16's gradient scaler, gradient clipping and the policy for

@@ -1,4 +1,5 @@
-"""Chapter 6: optimizers by name, as NeMo's ``optimizer_kind`` chose them: adam, adamw, sgd and novograd.
+"""Chapters 6 and 7: optimizers by name, as NeMo's ``optimizer_kind`` chose them (adam, adamw, sgd, novograd), and
+Muon for the blocks' matrices (``muon``).
 
 NovoGrad (Ginsburg et al., 2019), NeMo's optimizer, keeps Adam's first moment but only one second-moment
 *scalar per layer* (the running mean of the squared gradient norm), normalizes each layer's gradient by it, and
@@ -53,6 +54,29 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for name, p in model.named_parameters():
         (decay if p.dim() >= 2 and "position" not in name else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+#: The quintic Newton-Schulz coefficients of Jordan et al. (2024), the ones ``torch.optim.Muon`` uses.
+NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(matrix: torch.Tensor, steps: int = 5, coefficients: tuple[float, float, float] = NEWTON_SCHULZ,
+                  eps: float = 1e-7) -> torch.Tensor:
+    """Muon's orthogonalization (Jordan et al., 2024), the teaching version of ``torch.optim.Muon``'s (which runs in
+    bfloat16; this one in float32): divide G by its Frobenius norm, so that every singular value is at most 1, then
+    ``steps`` times X <- aX + b(XX^T)X + c(XX^T)^2 X. Each step maps every singular value s of X to
+    a s + b s^3 + c s^5 and keeps the singular vectors, so G = U S V^T ends near U V^T: its singular values are
+    pushed towards 1, most of them into about 0.7 to 1.2 with these coefficients, which trade exactness for speed
+    (the very smallest rise less far in five steps)."""
+    a, b, c = coefficients
+    x = matrix.float()
+    wide = x.size(0) <= x.size(1)
+    x = x if wide else x.T  # X X^T is the smaller Gram matrix
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x if wide else x.T
 
 
 class MuonAdamW(torch.optim.Optimizer):

@@ -1,4 +1,4 @@
-"""Chapter 9: mixed precision, NeMo's ``amp_opt_level`` (NVIDIA Apex O0/O1/O2) mapped onto ``torch.amp``.
+"""Chapter 10: mixed precision, NeMo's ``amp_opt_level`` (NVIDIA Apex O0/O1/O2) mapped onto ``torch.amp``.
 
 Modes (Micikevicius et al., 2018, *Mixed Precision Training*):
 

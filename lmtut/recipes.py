@@ -41,14 +41,14 @@ PRESETS: dict[str, dict[str, Any]] = {
                      lr=5e-4, weight_decay=0.1, beta2=0.98, lr_policy="cosine", warmup_ratio=0.05,
                      num_epochs=20, eval_every=1000, checkpoint_every=1000, log_every=100, precision="auto",
                      vocab_multiple=128),
-    # Chapter 7's small-data laboratory, for the corpus small_corpus(..., fraction=0.05) makes (data_dir=...): 53
+    # Chapter 8's small-data laboratory, for the corpus small_corpus(..., fraction=0.05) makes (data_dir=...): 53
     # steps an epoch, a validation each epoch, no regularization at all; it overfits within a minute on a CPU.
     "cpu-small-data": dict(d_model=128, num_layers=2, num_attn_heads=4, d_inner=512, max_sequence_length=64,
                            softmax="adaptive", tie_weights=False, predict_last_k=32, batch_size=32, dropout=0.0,
                            label_smoothing=0.0, optimizer_kind="adamw", lr=2e-3, weight_decay=0.0,
                            lr_policy="cosine", warmup_ratio=0.05, num_epochs=16, train_eval_tokens=10_000,
                            eval_every=53, checkpoint_every=10_000, log_every=53, precision="auto"),
-    # Chapter 7's one-GPU recipe against over-fitting, NOT YET MEASURED on a GPU (chapter 7 gives each setting's
+    # Chapter 8's one-GPU recipe against over-fitting, NOT YET MEASURED on a GPU (chapter 8 gives each setting's
     # source and what is unmeasured).
     "gpu-reg": dict(d_model=400, num_layers=16, num_attn_heads=10, d_inner=900, max_sequence_length=256,
                     predict_last_k=64, batch_size=32, dropout=0.2, attn_dropout=0.2, ffn_dropout=0.2,

@@ -1,4 +1,4 @@
-"""Chapter 7: dropout for small data, as AWD-LSTM (Merity et al., 2018) regularized its LSTM.
+"""Chapter 8: dropout for small data, as AWD-LSTM (Merity et al., 2018) regularized its LSTM.
 
 ``WordDropout`` is the embedding dropout of Gal & Ghahramani (2016) (AWD-LSTM's ``dropoute``): it drops whole word
 *types*, so that a dropped word vanishes from every position of the batch where it occurs, and the model cannot

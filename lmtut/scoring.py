@@ -1,4 +1,4 @@
-"""Chapters 6 and 8: one way to score windows, shared by perplexity, the scored stream, dynamic evaluation and its
+"""Chapters 6 and 9: one way to score windows, shared by perplexity, the scored stream, dynamic evaluation and its
 gradient statistics.
 
 A window's scored positions are those whose label is not padding. :func:`score_windows` runs the encoder over the

@@ -1,4 +1,4 @@
-"""Chapter 7: a smaller WikiText-2, to watch over-fitting on a CPU in seconds.
+"""Chapter 8: a smaller WikiText-2, to watch over-fitting on a CPU in seconds.
 
 ``small_corpus(source, target, fraction=0.1)`` keeps the first whole articles of the training split, up to about
 ``fraction`` of its tokens, and the full validation and test splits. The folder is a corpus like any other:

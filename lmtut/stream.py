@@ -1,4 +1,4 @@
-"""Chapter 8: a split as one ordered stream of scored tokens, for the methods that adapt at test time.
+"""Chapter 9: a split as one ordered stream of scored tokens, for the methods that adapt at test time.
 
 A neural cache (Grave et al., 2017, *Improving Neural Language Models with a Continuous Cache*) and dynamic
 evaluation (Krause et al., 2018, *Dynamic Evaluation of Neural Sequence Models*) both read a split in order, as one

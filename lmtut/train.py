@@ -3,8 +3,8 @@
     python -m lmtut.train --preset cpu-demo --work_dir runs/cpu-demo
     python -m lmtut.train --preset gpu-base --work_dir runs/gpu-base
     python -m lmtut.train --work_dir runs/cpu-demo --resume          # continue an interrupted run
-    python -m lmtut.train --preset gpu-base --precision auto          # mixed precision (chapter 9)
-    torchrun --nproc_per_node=4 -m lmtut.train --preset gpu-base     # data parallel on 4 GPUs (chapter 10)
+    python -m lmtut.train --preset gpu-base --precision auto          # mixed precision (chapter 10)
+    torchrun --nproc_per_node=4 -m lmtut.train --preset gpu-base     # data parallel on 4 GPUs (chapter 11)
 
 Every setting of ``lmtut.recipes.RunConfig`` is a flag, generated from its dataclass field (type, default, and the
 comment beside the field as help); NeMo's flag names are aliases. This module is the command line only: the

@@ -32,10 +32,10 @@ class TrainConfig:
     label_smoothing: float = 0.0  # eps of the smoothed training loss (Chapter 5); perplexity is never smoothed
     seed: int = 0  # seeds the weights, dropout and the data order
     num_workers: int = 0  # DataLoader worker processes
-    precision: str = "fp32"  # fp32 | amp-fp16 | amp-bf16 | auto | O0 | O1 | O2 (chapter 9)
+    precision: str = "fp32"  # fp32 | amp-fp16 | amp-bf16 | auto | O0 | O1 | O2 (chapter 10)
     sync_every: int | None = None  # read the loss back every N steps (None: log_every on a GPU, 1 on a CPU)
     max_skipped_steps: int = 20  # fp16: stop after this many consecutive steps skipped for overflow
-    compile: bool = False  # torch.compile the model (chapter 11)
+    compile: bool = False  # torch.compile the model (chapter 12)
     log_every: int = 25  # steps between loss records
     eval_every: int = 500  # steps between validations (and one at the end)
     eval_batch_size: int = 32  # windows per evaluation batch

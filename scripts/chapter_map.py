@@ -15,14 +15,16 @@ CHAPTERS = [  # (number, title, what it builds in lmtut, column, row)
     (4, "Tied softmax", "TokenClassifier,\nTransformerLM", 2, 1),
     (5, "Label smoothing", "PaddedSmoothed-\nCrossEntropyLoss", 2, 0),
     (6, "Training", "Trainer, callbacks,\nlmtut.train", 3, 1),
-    (7, "Regularization", "word/locked dropout,\nweight averaging", 4, 2),
-    (8, "Adapting at test", "neural cache,\ndynamic evaluation", 4, 0),
-    (9, "Mixed precision", "--precision,\nGradScaler", 5, 2),
-    (10, "Several GPUs", "torchrun, DDP", 5, 1),
-    (11, "Results", "recorded runs,\nbenchmarks", 5, 0),
+    (7, "Modern block", "RMSNorm, rotary,\nSwiGLU, Muon, KV cache", 4, 1),
+    (8, "Regularization", "word/locked dropout,\nweight averaging", 4, 2),
+    (9, "Adapting at test", "neural cache,\ndynamic evaluation", 4, 0),
+    (10, "Mixed precision", "--precision,\nGradScaler", 5, 2),
+    (11, "Several GPUs", "torchrun, DDP", 5, 1),
+    (12, "Results", "recorded runs,\nbenchmarks", 5, 0),
 ]
-COLORS = {6: "tab:green", 7: "tab:purple", 8: "tab:purple"}  # training, then better on small data
-ARROWS = [(1, 2), (2, 3), (2, 4), (2, 5), (3, 6), (4, 6), (5, 6), (6, 7), (6, 8), (6, 9), (6, 10), (8, 11)]
+COLORS = {6: "tab:green", 7: "tab:purple", 8: "tab:purple", 9: "tab:purple"}  # training, then doing better
+ARROWS = [(1, 2), (2, 3), (2, 4), (2, 5), (3, 6), (4, 6), (5, 6), (6, 7), (6, 8), (6, 9), (7, 10), (7, 11), (7, 12),
+          (9, 12)]
 
 
 def main() -> None:
@@ -43,8 +45,8 @@ def main() -> None:
         ax.annotate("", (xb, yb), (xa + 0.85, ya), arrowprops=dict(arrowstyle="->", color="gray", lw=1.2))
     ax.text(0.05, -0.45, "the model and its data (1-5)", color="tab:blue", fontsize=9)
     ax.text(1.6, -0.45, "training (6)", color="tab:green", fontsize=9)
-    ax.text(3.05, -0.45, "better on small data (7, 8)", color="tab:purple", fontsize=9)
-    ax.text(5.05, -0.45, "faster, larger, measured (9-11)", color="tab:orange", fontsize=9)
+    ax.text(2.85, -0.45, "a better model, better on small data (7-9)", color="tab:purple", fontsize=9)
+    ax.text(5.05, -0.45, "faster, larger, measured (10-12)", color="tab:orange", fontsize=9)
     out = ROOT / "book" / "images" / "chapter_map.png"
     fig.savefig(out, dpi=110, bbox_inches="tight")
     print(f"wrote {out.relative_to(ROOT)}")

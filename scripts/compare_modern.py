@@ -2,6 +2,7 @@
 
     python scripts/compare_modern.py --seeds 0 1 2 3 4 --steps 600 --seconds 150
     python scripts/compare_modern.py --report          # the verdicts again, from the file
+    python scripts/compare_modern.py --seeds 0 1 --steps 150 --muon_lrs 2e-3 4e-3 6e-3 1e-2 2e-2   # Muon's lr
 
 Every variant is the ``cpu-demo`` recipe (its model, batch and schedule shape) with the 2017 block (:data:`BLOCK_2017`)
 and one change of the modern Transformer block (RMSNorm, rotary positions, SwiGLU, no biases, QK-norm, Muon), or all
@@ -12,6 +13,8 @@ steps per second measured first by a short timed run of its own. The cosine sche
 Validation perplexity is measured at the end on the first ``--valid_tokens`` of the validation split. Every run goes
 to ``results/modern/comparison.json`` as soon as it ends, with the verdicts of ``lmtut.evidence.compare`` against the
 2017 block; a second call with the same budgets skips the runs the file holds (add seeds, or resume after Ctrl-C).
+``--muon_lrs`` instead sweeps Muon's learning rate at equal steps (the sweep that chose :data:`MUON`'s setting) into
+``results/modern/muon-lr.json``.
 """
 
 from __future__ import annotations
@@ -52,10 +55,12 @@ VARIANTS: dict[str, dict] = {
 OUT = ROOT / "results" / "modern" / "comparison.json"
 
 
-def train(variant: str, seed: int, steps: int, corpus, tokenizer, valid_tokens: int) -> dict:
-    """One run of ``variant`` for ``steps`` steps: its validation perplexity, steps and seconds of training."""
+def train(variant: str | dict, seed: int, steps: int, corpus, tokenizer, valid_tokens: int) -> dict:
+    """One run of ``variant`` (a name of :data:`VARIANTS`, or its settings) for ``steps`` steps: its validation
+    perplexity, steps and seconds of training."""
     work_dir = tempfile.mkdtemp(prefix="lmtut-modern-")
-    config = make_config(PRESET, **{**BLOCK_2017, **VARIANTS[variant]}, seed=seed, max_steps=steps, eval_every=10**9,
+    settings = VARIANTS[variant] if isinstance(variant, str) else variant
+    config = make_config(PRESET, **{**BLOCK_2017, **settings}, seed=seed, max_steps=steps, eval_every=10**9,
                          checkpoint_every=10**9, keep_checkpoints=1, work_dir=work_dir)
     datasets = build_datasets(config, corpus, tokenizer, eval_tokens=valid_tokens)
     trainer = build_trainer(config, build_model(config, tokenizer), datasets, show_bar=False).train()
@@ -85,6 +90,20 @@ def verdicts(runs: list[dict]) -> dict:
     return out
 
 
+def sweep_muon(args, corpus, tokenizer) -> None:
+    """Muon's learning rate (``muon_lr``; AdamW's stays the recipe's) at equal steps, each with every seed."""
+    out = Path(args.out).with_name("muon-lr.json")
+    record = {"command": "python scripts/compare_modern.py " + shlex.join(sys.argv[1:]), "preset": PRESET,
+              "block_2017": BLOCK_2017, "steps": args.steps, "valid_tokens": args.valid_tokens,
+              **provenance(torch.device("cpu")), "runs": []}
+    for lr in args.muon_lrs:
+        for seed in args.seeds:
+            run = train({**MUON, "muon_lr": lr}, seed, args.steps, corpus, tokenizer, args.valid_tokens)
+            record["runs"].append({"muon_lr": lr, "seed": seed, **run})
+            atomic_write_json(out, record, indent=1)
+            print(f"muon_lr {lr:g} seed {seed}: valid {run['valid_ppl']:.1f}", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -95,7 +114,11 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--report", action="store_true", help="print the verdicts of the file and stop")
+    parser.add_argument("--muon_lrs", type=float, nargs="+", help="sweep Muon's learning rate instead")
     args = parser.parse_args()
+    if args.muon_lrs:
+        sweep_muon(args, *prepare(make_config(PRESET)))
+        return 0
     if args.report:
         verdicts(json.loads(Path(args.out).read_text())["runs"])
         return 0

@@ -1,4 +1,4 @@
-"""Chapter 7's ablation over several seeds: the small-data recipe, then each regularizer added in turn.
+"""Chapter 8's ablation over several seeds: the small-data recipe, then each regularizer added in turn.
 
     python scripts/compare_regularization.py --seeds 0 1 2 --jobs 2
 
@@ -9,7 +9,7 @@ Ghahramani, 2016; Merity et al., 2018), locked masks, weight decay and weight av
 every seed (the seed sets the initialization, the dropout masks and the order of the batches), through the functions
 that ``python -m lmtut.train`` uses, and is validated on the first 10,000 tokens of the validation split and, with
 the same windows, on the first 10,000 training tokens (``train_ppl``). Every run's curves go to
-``results/regularization/ablation.json``, which chapter 7 reads: one seed cannot carry the claim that one variant
+``results/regularization/ablation.json``, which chapter 8 reads: one seed cannot carry the claim that one variant
 beats another.
 """
 

@@ -1,4 +1,4 @@
-"""Chapter 8: adapting at test time. The scored stream, the neural cache (Grave et al., 2017), dynamic evaluation
+"""Chapter 9: adapting at test time. The scored stream, the neural cache (Grave et al., 2017), dynamic evaluation
 (Krause et al., 2018), and the command line that tunes them on validation and reports them apart from static
 figures."""
 

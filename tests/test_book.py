@@ -103,7 +103,7 @@ def test_every_internal_link_and_image_resolves(site):
 def test_book_structure(site):
     names = {str(p.relative_to(site)) for p in pages(site)}
     for expected in ("index.html", "book/setup.html", "book/nemo.html", "book/bibliography.html", "search.html",
-                     "notebooks/01_corpus.html", "notebooks/09_mixed_precision.html", "notebooks/10_multi_gpu.html"):
+                     "notebooks/01_corpus.html", "notebooks/10_mixed_precision.html", "notebooks/11_multi_gpu.html"):
         assert expected in names
     bibliography = (site / "book" / "bibliography.html").read_text(encoding="utf-8")
     assert "Vaswani" in bibliography and "Press" in bibliography  # citations resolved into entries
@@ -145,8 +145,8 @@ def browser():
         b.close()
 
 
-SHOOT = {"index.html", "book/nemo.html", "notebooks/03_encoder.html", "notebooks/09_mixed_precision.html",
-         "notebooks/11_results.html", "search.html"}
+SHOOT = {"index.html", "book/nemo.html", "notebooks/03_encoder.html", "notebooks/10_mixed_precision.html",
+         "notebooks/12_results.html", "search.html"}
 
 
 def test_pages_in_chromium(site, browser):

@@ -1,4 +1,4 @@
-"""Chapter 8: one softmax temperature (Guo et al., 2017), for the full and the adaptive softmax, checked against a
+"""Chapter 9: one softmax temperature (Guo et al., 2017), for the full and the adaptive softmax, checked against a
 direct computation: a copy of the classifier whose output weights are divided by T."""
 
 from __future__ import annotations

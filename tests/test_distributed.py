@@ -1,4 +1,4 @@
-"""Chapter 10: torchrun with 2 Gloo processes on CPU gives the single-process losses; only rank 0 writes."""
+"""Chapter 11: torchrun with 2 Gloo processes on CPU gives the single-process losses; only rank 0 writes."""
 
 from __future__ import annotations
 

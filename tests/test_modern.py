@@ -13,7 +13,7 @@ from torch import nn
 from lmtut import (LanguageModelingDataset, TrainConfig, Trainer, TransformerLM, TransformerLMConfig,
                    evaluate_perplexity, generate_text)
 from lmtut.attention import CausalSelfAttention, attention_reference
-from lmtut.optimizers import MuonAdamW
+from lmtut.optimizers import MuonAdamW, newton_schulz
 from lmtut.rotary import apply_rotary, rotary_angles
 
 from helpers import interrupted_run
@@ -148,6 +148,31 @@ def test_muon_orthogonalizes_its_update():
     optimizer.step()
     singular = torch.linalg.svdvals(before - w.detach())
     assert singular.max() / singular.min() < 10  # near-orthogonal: Newton-Schulz flattens the spectrum (was 1000)
+
+
+@pytest.mark.parametrize("shape", [(24, 40), (40, 24)])
+def test_the_teaching_newton_schulz_is_torchs_muon_update(shape):
+    torch.manual_seed(0)
+    weight, gradient = torch.randn(shape), torch.randn(shape)
+    param = nn.Parameter(weight.clone())
+    muon = torch.optim.Muon([param], lr=0.01, weight_decay=0.0, momentum=0.95, adjust_lr_fn="match_rms_adamw")
+    param.grad = gradient.clone()
+    muon.step()
+    adjusted_lr = 0.01 * 0.2 * max(shape) ** 0.5  # match_rms_adamw: 0.2 sqrt(max(A, B)) times the lr
+    expected = weight - adjusted_lr * newton_schulz((1 - 0.95**2) * gradient)  # Nesterov's first step: (1 - m^2) g
+    error = (param.detach() - expected).norm() / (weight - expected).norm()
+    assert error < 0.02  # torch's iteration runs in bfloat16, this one in float32
+
+
+def test_newton_schulz_flattens_the_spectrum_and_keeps_the_singular_vectors():
+    torch.manual_seed(0)
+    u, _, vt = torch.linalg.svd(torch.randn(32, 32))
+    g = u @ torch.diag(torch.logspace(0, -2, 32)) @ vt  # singular values from 1 down to 0.01
+    x = newton_schulz(g)
+    inside = u.T @ x @ vt.T  # diagonal when the singular vectors are kept
+    assert (inside - torch.diag(inside.diagonal())).abs().max() < 1e-4
+    assert 0.6 < inside.diagonal().min() and inside.diagonal().max() < 1.25
+    assert newton_schulz(g, steps=0).norm().item() == pytest.approx(1.0)  # only the scaling by the Frobenius norm
 
 
 def test_muon_resumes_exactly(tokenizer, corpus, tmp_path):

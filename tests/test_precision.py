@@ -1,4 +1,4 @@
-"""Chapter 9: precision modes, the Apex O-level mapping, fp16 loss scaling and its state in checkpoints."""
+"""Chapter 10: precision modes, the Apex O-level mapping, fp16 loss scaling and its state in checkpoints."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Chapter 7: word dropout, locked dropout, output dropout, weight averaging, the training-slice perplexity and the
+"""Chapter 8: word dropout, locked dropout, output dropout, weight averaging, the training-slice perplexity and the
 small corpus."""
 
 from __future__ import annotations
