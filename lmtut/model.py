@@ -15,6 +15,8 @@ and smoothed losses) or only the log-probability of each target (``classifier.ta
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -136,6 +138,17 @@ class TransformerLM(nn.Module):
         """(B, T, V) log-probabilities; with ``targets`` (B, T), only each target's log-probability, (B, T)."""
         hidden = self.encoder(input_ids, input_mask)
         return self.classifier(hidden) if targets is None else self.classifier.target_log_probs(hidden, targets)
+
+    def with_window(self, length: int) -> "TransformerLM":
+        """A copy with the same weights that reads windows of up to ``length`` tokens (chapter 7's length test).
+        Sinusoidal positions are a formula and rotary ones are computed at every forward, so both extend to any
+        length; learned positions have no vector past their table's last row and cannot."""
+        if self.config.positions == "learned" and length > self.config.max_sequence_length:
+            raise ValueError(f"learned positions have vectors for {self.config.max_sequence_length} positions only: "
+                             f"train with max_sequence_length={length} to read windows of {length}")
+        longer = TransformerLM(replace(self.config, max_sequence_length=length))
+        longer.load_state_dict(self.state_dict())  # the sinusoidal table is not part of the state: it is rebuilt
+        return longer.to(next(self.parameters()).device).train(self.training)
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameters: as built (a tied tensor counted once), and what the untied model would have."""

@@ -26,15 +26,23 @@ SECTIONS: dict[str, type] = {"model": TransformerLMConfig, "train": TrainConfig,
 #: Settings that are not set by hand: the vocabulary size comes from the tokenizer.
 DERIVED = ("vocab_size",)
 
+#: The Transformer block of 2017 (chapters 3 to 6) and today's (chapter 7), as settings of TransformerLMConfig.
+BLOCK_2017: dict[str, Any] = dict(norm="layer", positions="sinusoidal", activation="relu", bias=True, qk_norm=False)
+BLOCK_MODERN: dict[str, Any] = dict(norm="rms", positions="rope", activation="swiglu", bias=False, qk_norm=True)
+CPU_2017: dict[str, Any] = dict(
+    **BLOCK_2017, d_model=256, num_layers=2, num_attn_heads=4, d_inner=1024, max_sequence_length=64,
+    softmax="adaptive", tie_weights=False, predict_last_k=32, batch_size=32, dropout=0.1, label_smoothing=0.0,
+    optimizer_kind="adamw", lr=2e-3, weight_decay=0.01, lr_policy="cosine", warmup_ratio=0.05, max_steps=2200,
+    eval_every=440, checkpoint_every=440, log_every=50, precision="auto")
+
 #: Named recipes: partial overrides of the defaults, by setting name.
 PRESETS: dict[str, dict[str, Any]] = {
     # Ten minutes on a 2-core CPU, evaluation included: an adaptive softmax (Grave et al., 2017) buys a wider model
     # and four times the steps of a tied full softmax in the same time. A step budget, never full epochs.
-    "cpu-demo": dict(d_model=256, num_layers=2, num_attn_heads=4, d_inner=1024, max_sequence_length=64,
-                     softmax="adaptive", tie_weights=False, predict_last_k=32, batch_size=32, dropout=0.1,
-                     label_smoothing=0.0, optimizer_kind="adamw", lr=2e-3, weight_decay=0.01, lr_policy="cosine",
-                     warmup_ratio=0.05, max_steps=2200, eval_every=440, checkpoint_every=440, log_every=50,
-                     precision="auto"),
+    "cpu-demo": dict(**CPU_2017),
+    # The cpu-demo recipe as chapter 6 first recorded it (results/runs/cpu-demo-2017), with the block of 2017:
+    # the model that chapters 4 to 6 and 9 to 10 train and measure.
+    "cpu-2017": dict(**CPU_2017),
     # One GPU, 20 epochs (recorded on an H200: see the Results chapter).
     "gpu-base": dict(d_model=512, num_layers=6, num_attn_heads=8, d_inner=2048, max_sequence_length=256,
                      predict_last_k=64, batch_size=32, dropout=0.3, label_smoothing=0.1, optimizer_kind="adamw",

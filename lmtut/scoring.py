@@ -77,3 +77,20 @@ def scored_batches(model: nn.Module, dataset: LanguageModelingDataset, batch_siz
     for input_ids, input_mask, labels in batches:
         yield score_windows(model, input_ids.to(device), input_mask.to(device), labels.to(device), dataset.pad_id,
                             precision)
+
+
+@torch.no_grad()
+def loss_by_position(model: nn.Module, ids: torch.Tensor, window: int, batch_size: int = 16) -> torch.Tensor:
+    """The mean negative log-likelihood at each position 0 .. window-1 of non-overlapping windows over the token
+    stream ``ids`` (1-D), each window predicting its next ``window`` tokens, in eval mode: (window,) float32."""
+    n = (len(ids) - 1) // window
+    if n < 1:
+        raise ValueError(f"{len(ids)} tokens hold no window of {window} (and its next token): give more tokens")
+    inputs = ids[: n * window].view(n, window)
+    targets = ids[1 : n * window + 1].view(n, window)
+    device, total = model_device(model), torch.zeros(window)
+    with evaluating(model):
+        for start in range(0, n, batch_size):
+            x, y = inputs[start : start + batch_size].to(device), targets[start : start + batch_size].to(device)
+            total += -model(x, targets=y).float().sum(0).cpu()
+    return total / n

@@ -14,7 +14,8 @@ the end on the first ``--valid_tokens`` of the validation split. Every run goes 
 ``results/modern/comparison.json`` as soon as it ends, with the verdicts of ``lmtut.evidence.compare`` against the
 2017 block; a second call with the same budgets skips the runs the file holds (add seeds, or resume after Ctrl-C).
 ``--muon_lrs`` instead sweeps Muon's learning rate at equal steps (the sweep that chose :data:`MUON`'s setting) into
-``results/modern/muon-lr.json``. """
+``results/modern/muon-lr.json``.
+"""
 
 from __future__ import annotations
 

@@ -31,12 +31,23 @@ RECORDED = dict(norm="layer", positions="sinusoidal", activation="relu", bias=Tr
                 optimizer_kind="adamw", max_sequence_length=64, batch_size=32, lr=2e-3, dropout=0.1)
 MODERN = dict(norm="rms", positions="rope", activation="swiglu", bias=False, qk_norm=True)
 ONE_EVALUATION = dict(eval_every=10**6)  # validation once, at the end (the checkpoints stay every 440 steps)
+SWEEP = ROOT / "results" / "modern" / "muon-lr.json"
+
+
+def best_muon_lr(default: float = 6e-3) -> float:
+    """The Muon learning rate with the lowest mean validation perplexity of chapter 7's sweep (its file)."""
+    if not SWEEP.exists():
+        return default
+    by_lr: dict[float, list[float]] = {}
+    for r in json.loads(SWEEP.read_text())["runs"]:
+        by_lr.setdefault(r["muon_lr"], []).append(r["valid_ppl"])
+    return min(by_lr, key=lambda lr: sum(by_lr[lr]) / len(by_lr[lr]))
+
+
 LEVERS: dict[str, dict] = {
     "modern block, one validation": {**MODERN, **ONE_EVALUATION},
     "+ windows of 128, batches of 16": {**MODERN, **ONE_EVALUATION, "max_sequence_length": 128, "batch_size": 16},
-    "+ Muon": {**MODERN, **ONE_EVALUATION, "optimizer_kind": "muon", "muon_lr": 6e-3},
-    "+ lr 3e-3": {**MODERN, **ONE_EVALUATION, "lr": 3e-3},
-    "+ no dropout": {**MODERN, **ONE_EVALUATION, "dropout": 0.0},
+    "+ Muon": {**MODERN, **ONE_EVALUATION, "optimizer_kind": "muon", "muon_lr": best_muon_lr()},
 }
 OUT = ROOT / "results" / "modern" / "cpu-recipe-levers.json"
 
