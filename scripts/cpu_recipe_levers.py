@@ -1,14 +1,14 @@
-"""The levers tried on the ``cpu-demo`` budget, each a whole run on the full splits, one after the other.
+"""Levers on the ``cpu-demo`` budget, each a whole run on the full splits, one after the other, against its record.
 
     python scripts/cpu_recipe_levers.py                  # every lever not yet in the file
-    python scripts/cpu_recipe_levers.py --only "modern block"
+    python scripts/cpu_recipe_levers.py --only "Muon"
 
 The budget is the recipe's promise: ten minutes of wall time on this 2-core CPU, evaluation included. Each lever is
-a set of overrides of the recipe as it was first recorded (:data:`RECORDED`: the 2017 block, 2,200 steps, five
-validations), and its number of steps is what its own speed fits in ``--train_seconds`` of training, measured first
-by a short timed run: a lever that makes the step slower gets fewer steps. Every run's results, settings and steps go
-to ``results/modern/cpu-recipe-levers.json`` as soon as it ends; its work dir is ``runs/levers/NAME``. One seed each:
-a lever table, not a comparison that settles small differences.
+a change of today's ``cpu-demo`` recipe, and its number of steps is the recorded run's (``results/runs/cpu-
+demo/results.json``) times the ratio of its speed to the recipe's, both measured first by short timed runs, one
+after the other: a lever that makes the step slower gets fewer steps for the same time. Every run's results,
+settings and steps go to ``results/modern/cpu-recipe-levers.json`` as soon as it ends, with the recipe it changed;
+its work dir is ``runs/levers/NAME``. One seed each: a lever table, not a comparison that settles small differences.
 """
 
 from __future__ import annotations
@@ -26,11 +26,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from lmtut import build_datasets, build_model, build_trainer, make_config, prepare, run  # noqa: E402
 from lmtut.files import atomic_write_json  # noqa: E402
 
-#: The cpu-demo recipe as its first record trained it (results/runs/cpu-demo-2017).
-RECORDED = dict(norm="layer", positions="sinusoidal", activation="relu", bias=True, qk_norm=False,
-                optimizer_kind="adamw", max_sequence_length=64, batch_size=32, lr=2e-3, dropout=0.1)
-MODERN = dict(norm="rms", positions="rope", activation="swiglu", bias=False, qk_norm=True)
-ONE_EVALUATION = dict(eval_every=10**6)  # validation once, at the end (the checkpoints stay every 440 steps)
+RECORD = ROOT / "results" / "runs" / "cpu-demo" / "results.json"
 SWEEP = ROOT / "results" / "modern" / "muon-lr.json"
 
 
@@ -45,9 +41,8 @@ def best_muon_lr(default: float = 6e-3) -> float:
 
 
 LEVERS: dict[str, dict] = {
-    "modern block, one validation": {**MODERN, **ONE_EVALUATION},
-    "+ windows of 128, batches of 16": {**MODERN, **ONE_EVALUATION, "max_sequence_length": 128, "batch_size": 16},
-    "+ Muon": {**MODERN, **ONE_EVALUATION, "optimizer_kind": "muon", "muon_lr": best_muon_lr()},
+    "windows of 128, batches of 16": dict(max_sequence_length=128, batch_size=16),
+    "Muon": dict(optimizer_kind="muon", muon_lr=best_muon_lr()),
 }
 OUT = ROOT / "results" / "modern" / "cpu-recipe-levers.json"
 
@@ -69,26 +64,29 @@ def slug(name: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="+", choices=list(LEVERS), help="these levers (default: every one)")
-    parser.add_argument("--train_seconds", type=float, default=460.0, help="seconds of training each lever gets")
     parser.add_argument("--probe_steps", type=int, default=60)
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
     out = Path(args.out)
-    record = json.loads(out.read_text()) if out.exists() else {"recorded": RECORDED, "runs": []}
+    recorded = json.loads(RECORD.read_text())
+    record = json.loads(out.read_text()) if out.exists() else {"runs": []}
+    record["recipe"] = {"preset": "cpu-demo", "settings": make_config("cpu-demo").flat(), "record": str(
+        RECORD.relative_to(ROOT)), "recorded at": recorded["git_commit"]}
     record["command"] = "python scripts/cpu_recipe_levers.py " + shlex.join(sys.argv[1:])
     done = {r["lever"] for r in record["runs"]}
     corpus, tokenizer = prepare(make_config("cpu-demo"))
+    base_rate = steps_per_second({}, corpus, tokenizer, args.probe_steps)
     for name in args.only or list(LEVERS):
         if name in done:
             continue
-        settings = {**RECORDED, **LEVERS[name]}
+        settings = LEVERS[name]
         rate = steps_per_second(settings, corpus, tokenizer, args.probe_steps)
-        steps = max(10, int(args.train_seconds * rate / 10) * 10)
+        steps = max(10, round(recorded["steps"] * rate / base_rate / 10) * 10)
         work_dir = ROOT / "runs" / "levers" / slug(name)
         config = make_config("cpu-demo", **settings, max_steps=steps, work_dir=str(work_dir))
         result = run(config, show_bar=False)
         record["runs"].append({"lever": name, "overrides": LEVERS[name], "steps_per_second": rate,
-                               "train_seconds": args.train_seconds, "config": config.flat(), **result.to_dict()})
+                               "recipe_steps_per_second": base_rate, "config": config.flat(), **result.to_dict()})
         atomic_write_json(out, record, indent=1)
         print(f"{name}: {steps} steps, valid {result.valid_ppl:.2f}, test {result.test_ppl:.2f}, "
               f"{result.wall_time_s:.0f} s", flush=True)
