@@ -15,6 +15,7 @@ from lmtut import (LanguageModelingDataset, TrainConfig, Trainer, TransformerLM,
 from lmtut.attention import CausalSelfAttention, attention_reference
 from lmtut.optimizers import MuonAdamW, newton_schulz
 from lmtut.rotary import apply_rotary, rotary_angles
+from lmtut.scoring import loss_by_position
 
 from helpers import interrupted_run
 
@@ -246,3 +247,39 @@ def test_the_modern_model_adapts_at_test_time(tokenizer, corpus):
     rms = gradient_rms(model, train, batch_size=4, max_batches=3, show_bar=False)
     adapted = dynamic_evaluation(model, valid, 1e-3, rule="rms", decay=0.01, rms=rms, show_bar=False)
     assert adapted.perplexity < stream.perplexity
+
+
+# ----------------------------------------------------------------------------------------------- longer windows
+
+
+@pytest.mark.parametrize("positions", ["sinusoidal", "rope"])
+def test_a_longer_window_keeps_the_weights_and_the_first_positions(positions):
+    torch.manual_seed(0)
+    model = TransformerLM(config(positions=positions)).eval()
+    longer = model.with_window(48)
+    ids = torch.randint(0, 50, (2, 48))
+    assert torch.allclose(longer(ids[:, :16]), model(ids[:, :16]), atol=1e-6)  # positions 0-15: the same model
+    assert longer(ids).shape == (2, 48, model.config.padded_vocab_size)
+    with pytest.raises(ValueError, match="longer than max_sequence_length=16"):
+        model(ids)
+
+
+def test_learned_positions_cannot_read_a_longer_window():
+    model = TransformerLM(config(positions="learned"))
+    with pytest.raises(ValueError, match="train with max_sequence_length=48"):
+        model.with_window(48)
+    assert model.with_window(16).config.max_sequence_length == 16
+
+
+def test_loss_by_position_is_the_cross_entropy_of_each_position():
+    torch.manual_seed(0)
+    model = TransformerLM(config()).train()
+    ids = torch.randint(0, 50, (16 * 5 + 3,))
+    losses = loss_by_position(model, ids, window=16, batch_size=2)
+    assert model.training  # the mode is restored
+    with torch.no_grad():
+        log_probs = model.eval()(ids[:80].view(5, 16))
+    expected = F.nll_loss(log_probs.transpose(1, 2), ids[1:81].view(5, 16), reduction="none").mean(0)
+    assert torch.allclose(losses, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="hold no window of 16"):
+        loss_by_position(model, ids[:16], window=16)
