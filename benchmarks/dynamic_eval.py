@@ -1,6 +1,6 @@
 """Chapter 9's benchmark: seconds per 1,000 scored tokens of dynamic evaluation, before and after a change.
 
-    python benchmarks/dynamic_eval.py runs/cpu-demo/checkpoints/ckpt-step0002200.pt --before 89a747c
+    python benchmarks/dynamic_eval.py runs/cpu-demo/checkpoints/ckpt-step0002000.pt --before 89a747c
     python benchmarks/dynamic_eval.py --quick           # a tiny random model, a few windows: a smoke test (CI)
 
 ``--before`` names a git revision: its ``lmtut/dynamic_eval.py`` is loaded beside today's, and the two run one

@@ -1,6 +1,6 @@
 """Words per second of ``generate_text`` with and without the KV cache, on a checkpoint (chapter 7's benchmark).
 
-    python benchmarks/generation.py runs/cpu-demo/checkpoints/ckpt-step0002200.pt \
+    python benchmarks/generation.py runs/cpu-demo/checkpoints/ckpt-step0002000.pt \
         --json results/benchmarks/generation-cpu.json
     python benchmarks/generation.py --quick          # a tiny random model: a smoke test (CI)
 
