@@ -32,15 +32,14 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import torch  # noqa: E402
 
-from lmtut import build_datasets, build_model, build_trainer, make_config, prepare  # noqa: E402
+from lmtut import build_datasets, build_model, build_trainer, make_config, prepare, recipes  # noqa: E402
 from lmtut.evidence import compare  # noqa: E402
 from lmtut.files import atomic_write_json  # noqa: E402
 from lmtut.provenance import provenance  # noqa: E402
 
 PRESET = "cpu-demo"
 #: The block of Vaswani et al. (2017) as the cpu-demo recipe first had it, spelled out so the preset may change.
-BLOCK_2017 = dict(norm="layer", positions="sinusoidal", activation="relu", bias=True, qk_norm=False,
-                  optimizer_kind="adamw")
+BLOCK_2017 = {**recipes.BLOCK_2017, "optimizer_kind": "adamw"}
 MUON = dict(optimizer_kind="muon", muon_lr=6e-3)
 VARIANTS: dict[str, dict] = {
     "2017 block": {},
