@@ -16,14 +16,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from lmtut import LanguageModelingDataset, RunConfig, WordTokenizer  # noqa: E402
-from lmtut import default_device  # noqa: E402,F401  (the benchmarks' import)
-from lmtut.device import describe_device as device_name  # noqa: E402,F401  (the benchmarks' import)
+from lmtut import (  # noqa: E402
+    LanguageModelingDataset,
+    RunConfig,
+    WordTokenizer,
+    default_device,  # noqa: E402,F401  (the benchmarks' import)
+)
+from lmtut.runtime import describe_device as device_name  # noqa: E402,F401  (the benchmarks' import)
 from lmtut.tokenizer import SPECIAL_TOKENS as SPECIALS  # noqa: E402
 
 WIKITEXT2_VOCAB = 33_280  # WordTokenizer.vocab_size of WikiText-2 (chapter 2): its word types and the specials
 
-#: the presets of lmtut.recipes whose model and batch shapes the benchmarks time (``make_config(shape)``)
+#: the presets of lmtut.config whose model and batch shapes the benchmarks time (``make_config(shape)``)
 SHAPES = ("cpu-demo", "gpu-base")
 
 

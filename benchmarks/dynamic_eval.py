@@ -3,7 +3,7 @@
     python benchmarks/dynamic_eval.py runs/cpu-demo/checkpoints/ckpt-step0002000.pt --before 89a747c
     python benchmarks/dynamic_eval.py --quick           # a tiny random model, a few windows: a smoke test (CI)
 
-``--before`` names a git revision: its ``lmtut/dynamic_eval.py`` is loaded beside today's, and the two run one
+``--before`` names a git revision: its ``lmtut/adapt/dynamic.py`` is loaded beside today's, and the two run one
 after the other, alternately (``--rounds`` times each), on the same windows of the validation split with the same
 gradient statistics and settings (the RMS rule, on one CPU thread as both do). Printed: each round's seconds per
 1,000 tokens, the medians and their ratio, and the perplexity each computed (the two must agree up to float
@@ -25,19 +25,19 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import device_name, write_json
+
 from lmtut import LanguageModelingDataset, TransformerLM, TransformerLMConfig, WordTokenizer, prepare
-from lmtut import dynamic_eval as today
+from lmtut.adapt import dynamic as today
 from lmtut.datasets import split_dataset
 from lmtut.experiment import load_for_inference
-from lmtut.provenance import provenance
+from lmtut.runtime import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def module_at(revision: str):
-    """``lmtut/dynamic_eval.py`` as it was at ``revision``, with the package of that revision around it: the whole
+    """Dynamic evaluation's module as it was at ``revision``, with the package of that revision around it: the whole
     ``lmtut/`` of the revision, extracted and imported as ``lmtut_before``."""
     archive = subprocess.run(["git", "archive", revision, "lmtut"], cwd=ROOT, capture_output=True, check=True).stdout
     folder = Path(tempfile.mkdtemp(prefix="lmtut-before-"))
@@ -45,11 +45,14 @@ def module_at(revision: str):
         tar.extractall(folder, filter="data")
     package = folder / "lmtut_before"
     (folder / "lmtut").rename(package)
-    for source in package.glob("*.py"):  # its own modules, not today's
+    for source in package.rglob("*.py"):  # its own modules, not today's
         source.write_text(re.sub(r"\blmtut\.", "lmtut_before.", source.read_text()))
     sys.path.insert(0, str(folder))
     try:
-        return importlib.import_module("lmtut_before.dynamic_eval")
+        try:
+            return importlib.import_module("lmtut_before.adapt.dynamic")
+        except ModuleNotFoundError:  # a revision before the package's layout by concern
+            return importlib.import_module("lmtut_before.dynamic_eval")
     finally:
         sys.path.remove(str(folder))
 

@@ -17,11 +17,11 @@ import sys
 import time
 
 import torch
-
 from common import device_name, write_json
+
 from lmtut import TransformerLM, TransformerLMConfig, WordTokenizer, generate_text
 from lmtut.experiment import load_for_inference
-from lmtut.provenance import provenance
+from lmtut.runtime import provenance
 
 PROMPTS = ("The game", "In 1990 , the", "The river")
 

@@ -21,10 +21,19 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from common import (
+    SHAPES,
+    default_device,
+    default_shape,
+    device_name,
+    peak_memory_bytes,
+    reset_peak_memory,
+    seconds_per_step,
+    synthetic_dataset,
+    write_json,
+)
 from torch.utils.checkpoint import checkpoint
 
-from common import (SHAPES, default_device, default_shape, device_name, peak_memory_bytes, reset_peak_memory,
-                    seconds_per_step, synthetic_dataset, write_json)
 from lmtut import TransformerLM, make_config
 
 VARIANTS = ("log-probs", "cross-entropy", "chunked")

@@ -17,11 +17,21 @@ import sys
 import time
 
 import torch
+from common import (
+    SHAPES,
+    default_device,
+    default_shape,
+    describe_shape,
+    device_name,
+    peak_memory_bytes,
+    reset_peak_memory,
+    sync,
+    synthetic_dataset,
+    write_json,
+)
 
-from common import (SHAPES, default_device, default_shape, describe_shape, device_name, peak_memory_bytes,
-                    reset_peak_memory, sync, synthetic_dataset, write_json)
 from lmtut import Callback, TrainConfig, Trainer, TransformerLM, make_config
-from lmtut.precision import PRECISIONS, cpu_supports_bf16
+from lmtut.runtime import PRECISIONS, cpu_supports_bf16
 
 
 class Clock(Callback):

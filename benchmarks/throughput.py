@@ -20,13 +20,24 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from common import (
+    SHAPES,
+    default_device,
+    default_shape,
+    describe_shape,
+    device_name,
+    peak_memory_bytes,
+    reset_peak_memory,
+    seconds_per_step,
+    sync,
+    synthetic_dataset,
+    write_json,
+)
 from torch import nn
 
-from common import (SHAPES, default_device, default_shape, describe_shape, device_name, peak_memory_bytes,
-                    reset_peak_memory, seconds_per_step, sync, synthetic_dataset, write_json)
 from lmtut import TrainConfig, Trainer, TransformerLM, TransformerLMConfig, make_config
-from lmtut.encoder import sinusoidal_positions
-from lmtut.precision import Precision
+from lmtut.model import sinusoidal_positions
+from lmtut.runtime import Precision
 
 #: dense bf16 tensor-core peaks, FLOP/s, from the vendors' data sheets (without sparsity)
 PEAK_BF16 = {"H100 SXM": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H200": 989e12, "A100": 312e12,

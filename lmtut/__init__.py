@@ -6,41 +6,68 @@ download_wikitext2``). The command lines are modules of their own that this file
 ``lmtut-train``, ``lmtut-evaluate``, ``lmtut-generate``).
 """
 
-from lmtut.attention import CausalSelfAttention, attention_reference
-from lmtut.cache import cache_scores, tune_cache
-from lmtut.calibration import fit_temperature, temperature_log_probs
-from lmtut.adaptation import adapt_dynamically, adapt_with_cache, calibrate_temperature
-from lmtut.batches import StepBatches
+from lmtut.adapt import adapt_dynamically, adapt_with_cache, calibrate_temperature
+from lmtut.adapt.calibration import fit_temperature, temperature_log_probs
+from lmtut.adapt.dynamic import KrauseUpdate, dynamic_evaluation, gradient_rms, tune_dynamic_evaluation
+from lmtut.adapt.neural_cache import cache_scores, tune_cache
+from lmtut.book import show_source
 from lmtut.callbacks import Callback, MetricsWriterCallback, SimpleLossLoggerCallback
 from lmtut.checkpoint import CheckpointError, RunInfo, TrainingCheckpoint
+from lmtut.config import PRESETS, RunConfig, make_config
 from lmtut.corpus import DataError, SplitStats, corpus_statistics, download_wikitext2, split_statistics
-from lmtut.datasets import (DataConfig, LanguageModelDataDesc, LanguageModelingDataLayer, LanguageModelingDataset,
-                            prepare_corpus, split_dataset)
-from lmtut.device import DeviceError, default_device, describe_device
-from lmtut.distributed import init_distributed
-from lmtut.dynamic_eval import KrauseUpdate, dynamic_evaluation, gradient_rms, tune_dynamic_evaluation
-from lmtut.ema import WeightAverage
-from lmtut.encoder import TransformerBlock, TransformerEncoder
-from lmtut.experiment import RunResult, build_datasets, build_model, build_trainer, load_for_inference, prepare, run
+from lmtut.datasets import (
+                            DataConfig,
+                            LanguageModelDataDesc,
+                            LanguageModelingDataLayer,
+                            LanguageModelingDataset,
+                            StepBatches,
+                            prepare_corpus,
+                            split_dataset,
+)
+from lmtut.experiment import (
+                            RunResult,
+                            build_datasets,
+                            build_model,
+                            build_trainer,
+                            load_for_inference,
+                            prepare,
+                            quick_train,
+                            run,
+)
 from lmtut.loss import PaddedSmoothedCrossEntropyLoss, nll_and_perplexity
-from lmtut.lr_policies import get_lr_policy
-from lmtut.model import TokenClassifier, TransformerLM
-from lmtut.model_config import TransformerLMConfig
-from lmtut.optimizers import NovoGrad, get_optimizer
-from lmtut.optimization import Optimization
-from lmtut.perplexity import evaluate_perplexity
-from lmtut.precision import Precision, resolve_precision
-from lmtut.progress import Progress
-from lmtut.quicktrain import quick_train
-from lmtut.recipes import PRESETS, RunConfig, make_config
-from lmtut.regularization import LockedDropout, WordDropout
+from lmtut.model import (
+                            CausalSelfAttention,
+                            LockedDropout,
+                            TokenClassifier,
+                            TransformerBlock,
+                            TransformerEncoder,
+                            TransformerLM,
+                            TransformerLMConfig,
+                            WordDropout,
+                            attention_reference,
+)
+from lmtut.optim import NovoGrad, Optimization, WeightAverage, get_lr_policy, get_optimizer
+from lmtut.runtime import (
+                            DeviceError,
+                            Precision,
+                            default_device,
+                            describe_device,
+                            init_distributed,
+                            resolve_precision,
+                            seed_everything,
+)
 from lmtut.sampling import generate_text
-from lmtut.scoring import WindowScores, evaluating, score_windows
-from lmtut.seed import seed_everything
-from lmtut.source import show_source
-from lmtut.stream import ScoredStream, TokenScores, score_stream
+from lmtut.scoring import (
+                            ScoredStream,
+                            TokenScores,
+                            WindowScores,
+                            evaluate_perplexity,
+                            evaluating,
+                            score_stream,
+                            score_windows,
+)
 from lmtut.tokenizer import VocabError, WordTokenizer, build_vocab
-from lmtut.trainer import TrainConfig, Trainer, TrainingDiverged
+from lmtut.trainer import Progress, TrainConfig, Trainer, TrainingDiverged
 
 __version__ = "0.1.0"
 

@@ -18,7 +18,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from lmtut.files import atomic_write_text
+from lmtut.runtime import atomic_write_text
 
 if TYPE_CHECKING:  # lmtut.trainer imports this module
     from lmtut.trainer import Trainer

@@ -1,7 +1,7 @@
 """Chapter 6: checkpoints that survive crashes and load safely.
 
 A checkpoint is written to ``NAME.part``, flushed to disk, and renamed over ``NAME`` in one atomic step
-(``lmtut.files.atomic_open``), so a crash while saving never destroys the last good checkpoint. Files are
+(``lmtut.runtime.atomic_open``), so a crash while saving never destroys the last good checkpoint. Files are
 ``ckpt-step0001234.pt``; the newest K are kept. What a checkpoint holds is one :class:`TrainingCheckpoint`.
 Loading uses ``torch.load(weights_only=True)``: only tensors and plain Python containers, never arbitrary code.
 """
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmtut.files import atomic_open
+from lmtut.runtime import atomic_open
 
 PATTERN = re.compile(r"ckpt-step(\d+)\.pt$")
 

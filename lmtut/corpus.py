@@ -1,17 +1,4 @@
-"""Chapter 1: the WikiText-2 corpus (Merity et al., 2016), downloaded, verified and counted.
-
-``download_wikitext2`` puts the three word-level splits ``train.txt``, ``valid.txt`` and ``test.txt`` (the
-names of the NeMo tutorial and of pytorch/examples; byte-identical to ``wiki.{train,valid,test}.tokens`` of
-``wikitext-2-v1.zip``) into one folder and checks each file's sha256. A file is written to ``NAME.part`` and
-renamed only once its checksum matches (``lmtut.files.atomic_open``), so an interrupted or corrupt download never
-leaves a file that looks good. Sources are tried in order, and each failure is said in one line:
-
-1. a mirror, given as ``url=`` or by ``LMTUT_WIKITEXT2_URL``: an ``http(s)://`` or ``file://`` base URL holding
-   the three files, or a plain local directory;
-2. pytorch/examples' raw files on GitHub, at a pinned commit;
-3. the dataset author's ``wikitext-2-v1.zip``, extracted safely and renamed.
-
-Command line (``lmtut/data.py``): ``python -m lmtut.data download [--root DIR] [--url URL]`` prints the folder.
+"""The corpus (chapter 1): download and verify WikiText-2, count its splits; and chapter 8's smaller copy of it.
 """
 
 from __future__ import annotations
@@ -32,7 +19,23 @@ from typing import Callable, Iterable
 
 from tqdm.auto import tqdm
 
-from lmtut.files import atomic_open
+from lmtut.runtime import atomic_open, atomic_write_text
+
+# ----------------------------------------------------------------------------------------------------
+# Chapter 1: the WikiText-2 corpus (Merity et al., 2016), downloaded, verified and counted.
+#
+# ``download_wikitext2`` puts the three word-level splits ``train.txt``, ``valid.txt`` and ``test.txt`` (the
+# names of the NeMo tutorial and of pytorch/examples; byte-identical to ``wiki.{train,valid,test}.tokens`` of
+# ``wikitext-2-v1.zip``) into one folder and checks each file's sha256. A file is written to ``NAME.part`` and
+# renamed only once its checksum matches (``lmtut.runtime.atomic_open``), so an interrupted or corrupt download never
+# leaves a file that looks good. Sources are tried in order, and each failure is said in one line:
+#
+# 1. a mirror, given as ``url=`` or by ``LMTUT_WIKITEXT2_URL``: an ``http(s)://`` or ``file://`` base URL holding
+#    the three files, or a plain local directory;
+# 2. pytorch/examples' raw files on GitHub, at a pinned commit;
+# 3. the dataset author's ``wikitext-2-v1.zip``, extracted safely and renamed.
+#
+# Command line (``lmtut/data.py``): ``python -m lmtut.data download [--root DIR] [--url URL]`` prints the folder.
 
 SPLITS = ("train", "valid", "test")
 
@@ -297,3 +300,37 @@ def split_statistics(path: str | os.PathLike) -> SplitStats:
 def corpus_statistics(folder: str | os.PathLike, splits: Iterable[str] = SPLITS) -> dict[str, SplitStats]:
     """:func:`split_statistics` for each split in ``folder``."""
     return {s: split_statistics(Path(folder) / f"{s}.txt") for s in splits}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Chapter 8: a smaller WikiText-2, to watch over-fitting on a CPU in seconds.
+#
+# ``small_corpus(source, target, fraction=0.1)`` keeps the first whole articles of the training split, up to about
+# ``fraction`` of its tokens, and the full validation and test splits. The folder is a corpus like any other:
+# ``prepare_corpus(target)`` builds *its* vocabulary from *its* training split, so that a word the small training
+# split never shows is ``<unk>`` in validation too, as WikiText-2 itself was built from its own training text
+# (Merity et al., 2016). Keeping the big split's vocabulary instead would let the model learn only that the missing
+# words never occur: validation perplexity would then rise on them alone, whatever the regularization.
+
+def first_articles(lines: list[str], fraction: float) -> list[str]:
+    """The lines of the first whole articles that hold at least ``fraction`` of the tokens (``<eos>`` counted)."""
+    total = sum(len(line.split()) + 1 for line in lines)
+    kept = 0
+    for i, line in enumerate(lines):
+        if kept >= fraction * total and is_article_title(lines, i):
+            return lines[:i]
+        kept += len(line.split()) + 1
+    return lines
+
+
+def small_corpus(source: str | os.PathLike, target: str | os.PathLike, fraction: float = 0.1) -> Path:
+    """Write ``target/train.txt`` (the first articles of ``source``'s, about ``fraction`` of its tokens) and copies
+    of ``valid.txt`` and ``test.txt``; return ``target``, ready for :func:`lmtut.prepare_corpus`."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
+    source, target = Path(source), Path(target)
+    lines = (source / "train.txt").read_text(encoding="utf-8").splitlines()
+    atomic_write_text(target / "train.txt", "\n".join(first_articles(lines, fraction)) + "\n")
+    for split in ("valid", "test"):
+        shutil.copyfile(source / f"{split}.txt", target / f"{split}.txt")
+    return target

@@ -1,18 +1,5 @@
-"""Chapter 2: the language-modeling datasets (NeMo's ``LanguageModelDataDesc``, ``LanguageModelingDataset`` and
-``LanguageModelingDataLayer``), rebuilt on ``torch.utils.data``.
-
-A split becomes one stream of token ids with ``<eos>`` at every line end. A window of ``max_sequence_length``
-positions reads ids ``[left, left + L)`` and predicts ids ``[left + 1, left + L + 1)``; windows start every
-``batch_step`` tokens. For training, ``batch_step = L`` tiles the stream without overlap. For evaluation,
-``batch_step = k`` (``predict_last_k``) slides the window k tokens at a time and scores only its last k positions,
-each of which then sees between ``L - k + 1`` and ``L`` tokens of context (itself included), except in the first
-window, which scores all its positions. Every token of the split is scored exactly once, the tail included (the
-last window is padded).
-
-NeMo 0.x's example built its evaluation windows with ``batch_step=predict_last_k`` too, but its loss scored every
-position of every window, so each token was scored up to ``L / k`` times (16 with its defaults), under the
-label-smoothed loss: not a perplexity. Here the scoring positions are explicit in the labels (``pad_id``
-elsewhere, ignored by the loss).
+"""The data a model reads (chapter 2, and 11 for the ranks): the data config, the corpus prepared as windows,
+the batches of evaluation and the batches of each optimizer step.
 """
 
 from __future__ import annotations
@@ -20,13 +7,31 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lmtut.corpus import SPLITS
-from lmtut.files import atomic_write_text
+from lmtut.runtime import DistInfo, atomic_write_text
 from lmtut.tokenizer import WordTokenizer, build_vocab, count_words, write_vocab
+
+# ----------------------------------------------------------------------------------------------------
+# Chapter 2: the language-modeling datasets (NeMo's ``LanguageModelDataDesc``, ``LanguageModelingDataset`` and
+# ``LanguageModelingDataLayer``), rebuilt on ``torch.utils.data``.
+#
+# A split becomes one stream of token ids with ``<eos>`` at every line end. A window of ``max_sequence_length``
+# positions reads ids ``[left, left + L)`` and predicts ids ``[left + 1, left + L + 1)``; windows start every
+# ``batch_step`` tokens. For training, ``batch_step = L`` tiles the stream without overlap. For evaluation,
+# ``batch_step = k`` (``predict_last_k``) slides the window k tokens at a time and scores only its last k positions,
+# each of which then sees between ``L - k + 1`` and ``L`` tokens of context (itself included), except in the first
+# window, which scores all its positions. Every token of the split is scored exactly once, the tail included (the
+# last window is padded).
+#
+# NeMo 0.x's example built its evaluation windows with ``batch_step=predict_last_k`` too, but its loss scored every
+# position of every window, so each token was scored up to ``L / k`` times (16 with its defaults), under the
+# label-smoothed loss: not a perplexity. Here the scoring positions are explicit in the labels (``pad_id``
+# elsewhere, ignored by the loss).
 
 DATASETS = ("wikitext-2",)
 
@@ -196,3 +201,61 @@ class LanguageModelingDataLayer(DataLoader):
 
     def __init__(self, dataset: LanguageModelingDataset, batch_size: int, shuffle: bool = False, **kwargs):
         super().__init__(dataset, batch_size=batch_size, shuffle=shuffle, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Chapter 6 (and 10): the batches of each optimizer step.
+#
+# Every epoch has its own seeded order of the training windows, the same on every rank. A step takes the next
+# ``batches_per_step`` global micro-batches of ``batch_size`` windows; each is cut into ``world_size`` consecutive
+# shares and rank r takes share r. Each of this rank's micro-batches comes with its loss weight: its share of the
+# step's scored labels over all ranks (times the world size, since DDP averages gradients over ranks), so that
+# gradient accumulation over micro-batches and ranks gives exactly the gradient of the whole step's mean loss.
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # input_ids, input_mask, labels
+
+
+class StepBatches:
+    """The training windows as optimizer steps: ``epoch(e, start)`` yields (micro-batches, loss weights) per step."""
+
+    def __init__(self, dataset: LanguageModelingDataset, batch_size: int, batches_per_step: int = 1, seed: int = 0,
+                 world: DistInfo = DistInfo(), num_workers: int = 0, pin_memory: bool = False):
+        if batch_size % world.world_size:
+            raise ValueError(f"batch_size {batch_size} (the global batch) must divide among {world.world_size} ranks")
+        self.dataset, self.seed, self.world = dataset, seed, world
+        self.batches_per_step, self.num_workers, self.pin_memory = batches_per_step, num_workers, pin_memory
+        self.rank_batch_size = batch_size // world.world_size
+        self.windows_per_step = batch_size * batches_per_step
+        self.steps_per_epoch = len(dataset) // self.windows_per_step  # the last, partial step of an epoch is dropped
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"{len(dataset)} training windows are fewer than one step's {self.windows_per_step}")
+        self.label_counts = dataset.label_counts()  # scored labels per window: the micro-batches' weights
+
+    def shares(self, epoch: int) -> torch.Tensor:
+        """Epoch ``epoch``'s window indices by step: (step, micro-batch, rank, window)."""
+        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + epoch))
+        used = order[: self.steps_per_epoch * self.windows_per_step]
+        return used.view(self.steps_per_epoch, self.batches_per_step, self.world.world_size, self.rank_batch_size)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[list[Batch], list[float]]]:
+        """Epoch ``epoch``'s steps from step ``start`` of it on: this rank's micro-batches and their loss weights."""
+        shares = self.shares(epoch)[start:]
+        mine = shares[:, :, self.world.rank].reshape(-1).tolist()
+        # The loader gets its own generator: creating an iterator draws a seed, which must not come from the global
+        # generator that dropout uses, or a resumed run would draw different dropout masks.
+        batches = iter(LanguageModelingDataLayer(self.dataset, self.rank_batch_size, sampler=mine,
+                                                 num_workers=self.num_workers,
+                                                 generator=torch.Generator().manual_seed(self.seed + epoch),
+                                                 pin_memory=self.pin_memory))
+        for step_shares in shares:
+            yield [next(batches) for _ in range(self.batches_per_step)], self.loss_weights(step_shares)
+
+    def loss_weights(self, step_shares: torch.Tensor) -> list[float]:
+        """Each of this rank's micro-batches' share of the step's scored labels (all ranks), times the world size.
+
+        ``step_shares``: the step's window indices, (micro-batch, rank, window).
+        """
+        counts = self.label_counts[step_shares]  # (micro-batch, rank, window)
+        total = max(int(counts.sum()), 1)
+        n = self.world.world_size
+        return [int(c) * n / total for c in counts[:, self.world.rank].sum(-1)]

@@ -4,9 +4,9 @@ static, calibrated, and adapted at test time.
     python -m lmtut.evaluate runs/cpu-demo/checkpoints/ckpt-step0000500.pt --split test [--predict_last_k K]
     python -m lmtut.evaluate CKPT --split test --cache --dynamic_eval --calibrate_temperature --json adapted.json
 
-``--cache`` adds the neural cache of Grave et al. (2017) (``lmtut.cache``), ``--dynamic_eval`` dynamic evaluation
-(Krause et al., 2018; ``lmtut.dynamic_eval``), ``--calibrate_temperature`` one softmax temperature
-(``lmtut.calibration``). Their hyperparameters are chosen on the validation split (a flag given several values is
+``--cache`` adds the neural cache of Grave et al. (2017) (``lmtut.adapt.neural_cache``), ``--dynamic_eval`` dynamic evaluation
+(Krause et al., 2018; ``lmtut.adapt.dynamic``), ``--calibrate_temperature`` one softmax temperature
+(``lmtut.adapt.calibration``). Their hyperparameters are chosen on the validation split (a flag given several values is
 a grid searched there; ``--tune_tokens`` tunes on valid's first tokens only) and then applied unchanged to
 ``--split``. The static figures, the calibrated ones and the ones adapted at test time are printed and written
 (``--json``) apart, under their own keys: an adapted perplexity is not a static one.
@@ -19,20 +19,22 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-from lmtut.adaptation import (ADAPTED, DYNAMIC_DEFAULTS, DynamicSettings, adapt_dynamically, adapt_with_cache,
-                              calibrate_temperature)
-from lmtut.cache import LAMBDAS, THETAS, check_cache_args
+from lmtut.adapt import (
+    ADAPTED,
+    DYNAMIC_DEFAULTS,
+    DynamicSettings,
+    adapt_dynamically,
+    adapt_with_cache,
+    calibrate_temperature,
+)
+from lmtut.adapt.dynamic import RULES
+from lmtut.adapt.neural_cache import LAMBDAS, THETAS, check_cache_args
 from lmtut.checkpoint import CheckpointError
 from lmtut.corpus import DataError
 from lmtut.datasets import split_dataset
-from lmtut.device import DeviceError
-from lmtut.dynamic_eval import RULES
 from lmtut.experiment import load_for_inference, prepare
-from lmtut.files import atomic_write_json
-from lmtut.precision import PRECISIONS
-from lmtut.provenance import provenance
-from lmtut.scoring import model_device
-from lmtut.stream import score_stream
+from lmtut.runtime import PRECISIONS, DeviceError, atomic_write_json, model_device, provenance
+from lmtut.scoring import score_stream
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_dir", "--data-dir", default=None, help="folder with the splits (default: the run's, "
                         "else download)")
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--precision", default="fp32", help=f"{', '.join(PRECISIONS)} or auto (lmtut.precision)")
+    parser.add_argument("--precision", default="fp32", help=f"{', '.join(PRECISIONS)} or auto (lmtut.runtime)")
     parser.add_argument("--max_tokens", type=int, default=None, help="score only the first N tokens of each split")
     parser.add_argument("--tune_tokens", type=int, default=None,
                         help="tune the adaptation on the first N tokens of valid (default: all that is scored)")

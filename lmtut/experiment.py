@@ -1,16 +1,6 @@
-"""Chapter 6: a run, from its configuration to a trained and evaluated model, in the functions that
-``python -m lmtut.train`` calls and that the chapters call too.
-
-    config = make_config("cpu-demo")                        # lmtut.recipes
-    corpus, tokenizer = prepare(config)                     # download, vocabulary: once per run
-    datasets = build_datasets(config, corpus, tokenizer)    # train, valid and test windows
-    model = build_model(config, tokenizer)                  # seeded: the same weights every time
-    trainer = build_trainer(config, model, datasets)        # optimizer, schedule, callbacks, work dir
-    trainer.train()
-
-:func:`run` does all of this, then measures test perplexity (with the averaged weights, when the run averages them)
-and writes ``config.json`` and ``results.json``;
-:func:`load_for_inference` gives a checkpoint's model and tokenizer back for evaluation and sampling.
+"""A run from its config (chapter 6): prepare the data, build datasets, model and trainer, train, evaluate and
+load for inference; the short runs of chapters 3 to 5 (:func:`quick_train`) and one variant of a recipe trained
+and scored (:func:`train_variant`), which the comparison scripts and chapters 7 and 8 use.
 """
 
 from __future__ import annotations
@@ -20,23 +10,44 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from lmtut.callbacks import Callback, MetricsWriterCallback, SimpleLossLoggerCallback
 from lmtut.checkpoint import CheckpointError, RunInfo, TrainingCheckpoint, list_checkpoints
+from lmtut.config import RunConfig
 from lmtut.corpus import download_wikitext2
 from lmtut.datasets import LanguageModelDataDesc, LanguageModelingDataset, prepare_corpus, split_dataset
-from lmtut.device import default_device, describe_device
-from lmtut.distributed import barrier, init_distributed
 from lmtut.model import TransformerLM
-from lmtut.perplexity import evaluate_perplexity
-from lmtut.provenance import provenance
-from lmtut.recipes import RunConfig
-from lmtut.seed import seed_everything
+from lmtut.runtime import (
+    barrier,
+    default_device,
+    describe_device,
+    init_distributed,
+    model_device,
+    provenance,
+    seed_everything,
+)
+from lmtut.scoring import evaluate_perplexity
 from lmtut.tokenizer import WordTokenizer
-from lmtut.trainer import Trainer
+from lmtut.trainer import TrainConfig, Trainer
+
+# ----------------------------------------------------------------------------------------------------
+# Chapter 6: a run, from its configuration to a trained and evaluated model, in the functions that
+# ``python -m lmtut.train`` calls and that the chapters call too.
+#
+#     config = make_config("cpu-demo")                        # lmtut.config
+#     corpus, tokenizer = prepare(config)                     # download, vocabulary: once per run
+#     datasets = build_datasets(config, corpus, tokenizer)    # train, valid and test windows
+#     model = build_model(config, tokenizer)                  # seeded: the same weights every time
+#     trainer = build_trainer(config, model, datasets)        # optimizer, schedule, callbacks, work dir
+#     trainer.train()
+#
+# :func:`run` does all of this, then measures test perplexity (with the averaged weights, when the run averages them)
+# and writes ``config.json`` and ``results.json``;
+# :func:`load_for_inference` gives a checkpoint's model and tokenizer back for evaluation and sampling.
 
 SPLITS = ("train", "valid", "test")
 
@@ -187,3 +198,62 @@ def load_for_inference(path: str | Path,
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not fit its own config: {str(e).splitlines()[0]}") from None
     return model.to(device or default_device()).eval(), tokenizer, config
+
+
+# ----------------------------------------------------------------------------------------------------
+# Chapters 3 to 5: a short training run, for side-by-side experiments that fit a laptop CPU's budget.
+#
+# ``quick_train`` is chapter 6's ``Trainer`` with a short recipe: AdamW at a constant learning rate after a linear
+# warmup, gradient clipping, a seeded shuffle, fp32, and validation perplexity measured the right way (unsmoothed,
+# each scored token once) before the first step and every ``eval_every`` steps. It keeps no checkpoints.
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class History(Callback):
+    """Every step's training loss and every validation perplexity, as lists (the loss read back each step)."""
+
+    def __init__(self):
+        self.history: dict[str, list[float]] = {"step": [], "train_loss": [], "eval_step": [], "valid_ppl": []}
+
+    def on_step_end(self, trainer, loss):
+        self.history["step"].append(trainer.step)
+        self.history["train_loss"].append(float(loss))
+
+    def on_log(self, trainer, record):
+        if "valid_ppl" in record:
+            self.history["eval_step"].append(record["step"])
+            self.history["valid_ppl"].append(record["valid_ppl"])
+
+
+def quick_train(
+    model: nn.Module,
+    train: LanguageModelingDataset,
+    valid: LanguageModelingDataset | None = None,
+    *,
+    steps: int,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    warmup_steps: int = 10,
+    weight_decay: float = 0.0,
+    clip_grad_norm: float = 1.0,
+    eval_every: int = 25,
+    loss_fn: LossFn | None = None,
+    seed: int = 0,
+    desc: str = "training",
+) -> dict[str, list[float]]:
+    """Train ``model`` for ``steps`` batches, where it is; return its history (step, train loss, validation
+    perplexity at ``eval_step``, tokens per second).
+
+    ``loss_fn(log_probs, labels)`` defaults to the plain negative log-likelihood ignoring padding
+    (``PaddedSmoothedCrossEntropyLoss`` without smoothing), for which the model scores the targets alone.
+    """
+    config = TrainConfig(batch_size=batch_size, max_steps=steps, lr=lr, lr_policy="constant",
+                         warmup_steps=warmup_steps, weight_decay=weight_decay, clip_grad_norm=clip_grad_norm,
+                         eval_every=eval_every, eval_batch_size=batch_size, log_every=steps, seed=seed)
+    recorder = History()
+    trainer = Trainer(model, train, config, {"valid": valid} if valid is not None else None, loss_fn,
+                      callbacks=[recorder, SimpleLossLoggerCallback(desc=desc)], device=model_device(model))
+    trainer.evaluate()  # before the first step
+    trainer.train()
+    return {**recorder.history, "tokens_per_s": [trainer.tokens_seen / max(trainer.train_seconds, 1e-9)]}

@@ -15,8 +15,8 @@ import sys
 import torch
 
 from lmtut.checkpoint import CheckpointError
-from lmtut.device import DeviceError
 from lmtut.experiment import load_for_inference
+from lmtut.runtime import DeviceError
 from lmtut.sampling import generate_text
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lmtut.scoring import evaluating, model_device
+from lmtut.runtime import model_device
+from lmtut.scoring import evaluating
 from lmtut.tokenizer import WordTokenizer
 
 
@@ -29,7 +30,7 @@ def generate_text(
     ``temperature`` < 1 sharpens the distribution (0 means greedy); ``top_k`` keeps only the k most likely words.
     ``<unk>``, ``<pad>`` and ``<bos>`` are never sampled. Each token is predicted from the last
     ``max_sequence_length`` tokens. ``kv_cache``: keep every layer's keys and values and feed only the new token
-    (:class:`lmtut.attention.KVCache`); once the text outgrows the window, the window slides and is read anew, as
+    (:class:`lmtut.model.KVCache`); once the text outgrows the window, the window slides and is read anew, as
     without the cache. The words are the same either way.
     """
     if temperature < 0:

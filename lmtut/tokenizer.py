@@ -8,7 +8,6 @@ file is the same on every machine).
 
 from __future__ import annotations
 
-import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Iterable
 
 import torch
 
-from lmtut.files import atomic_write_text
+from lmtut.runtime import atomic_write_text
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 #: The special tokens and their fixed ids: <pad>=0, <bos>=1, <eos>=2, <unk>=3.
@@ -43,15 +42,10 @@ def build_vocab(counts: Counter, min_freq: int = 1) -> list[str]:
     return list(SPECIAL_TOKENS) + words
 
 
-def round_up(n: int, multiple: int) -> int:
-    """``n`` rounded up to a multiple of ``multiple`` (NeMo's ``8 * ceil(vocab_size / 8)``)."""
-    if multiple < 1:
-        raise ValueError(f"the multiple must be a positive integer, got {multiple}")
-    return multiple * math.ceil(n / multiple)
 
 
 def write_vocab(tokens: Iterable[str], path: str | os.PathLike) -> Path:
-    """Write one token a line, atomically (``lmtut.files.atomic_write_text``)."""
+    """Write one token a line, atomically (``lmtut.runtime.atomic_write_text``)."""
     return atomic_write_text(path, "".join(t + "\n" for t in tokens))
 
 
@@ -102,14 +96,6 @@ class WordTokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self.id_to_token)
-
-    def padded_vocab_size(self, multiple: int = 8) -> int:
-        """The vocabulary size rounded up to a multiple (NeMo's ``8 * ceil(vocab_size / 8)``).
-
-        Matrix shapes that are multiples of 8 (fp16/bf16) let GPU tensor cores run at full speed; the extra
-        rows of the output layer are never a target and soon get negligible probability.
-        """
-        return round_up(self.vocab_size, multiple)
 
     def encode(self, text: str) -> list[int]:
         unk, ids = self.unk_id, self.token_to_id

@@ -6,7 +6,7 @@
     python -m lmtut.train --preset gpu-base --precision auto          # mixed precision (chapter 10)
     torchrun --nproc_per_node=4 -m lmtut.train --preset gpu-base     # data parallel on 4 GPUs (chapter 11)
 
-Every setting of ``lmtut.recipes.RunConfig`` is a flag, generated from its dataclass field (type, default, and the
+Every setting of ``lmtut.config.RunConfig`` is a flag, generated from its dataclass field (type, default, and the
 comment beside the field as help); NeMo's flag names are aliases. This module is the command line only: the
 run itself is :func:`lmtut.experiment.run`. The work dir receives ``config.json``, ``metrics.jsonl``, TensorBoard
 events (``tensorboard/``), checkpoints (``checkpoints/``) and ``results.json``.
@@ -24,12 +24,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lmtut.checkpoint import CheckpointError
+from lmtut.config import (
+    DERIVED,
+    NEMO_ALIASES,
+    PRESETS,
+    RETIRED_NEMO_FLAGS,
+    SECTIONS,
+    RunConfig,
+    field_comments,
+    make_config,
+)
 from lmtut.corpus import DataError
-from lmtut.device import DeviceError
-from lmtut.distributed import cleanup
 from lmtut.experiment import run
-from lmtut.nemo_compat import NEMO_ALIASES, RETIRED_NEMO_FLAGS
-from lmtut.recipes import DERIVED, PRESETS, SECTIONS, RunConfig, field_comments, make_config
+from lmtut.runtime import DeviceError, cleanup
 from lmtut.trainer import TrainingDiverged
 
 SENTINEL = object()  # a flag that was not given

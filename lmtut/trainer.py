@@ -1,38 +1,77 @@
-"""Chapter 6: the training loop (NeMo's ``NeuralModuleFactory`` + ``nf.train``).
-
-:meth:`Trainer.train` is the loop; its parts are named: the steps' batches (``lmtut.batches``), the optimizer step
-(``lmtut.optimization``), the run's progress (``lmtut.progress``) and checkpoints (``lmtut.checkpoint``). Callbacks
-only observe (``lmtut.callbacks``: the progress bar and loss records, the metrics files).
+"""The training loop (chapter 6): where a run stands (:class:`Progress`) and the :class:`Trainer`, whose ``train``
+reads top to bottom on one page; its collaborators are handed in (batches, optimizer step, checkpointer,
+callbacks), and callbacks see a frozen record of each step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from lmtut.batches import Batch, StepBatches
 from lmtut.callbacks import Callback
-from lmtut.checkpoint import (CheckpointError, RunInfo, TrainingCheckpoint, checkpoint_path, list_checkpoints,
-                              rng_state, save_checkpoint, set_rng_state)
-from lmtut.datasets import LanguageModelingDataset
-from lmtut.device import default_device
-from lmtut.distributed import barrier, world
-from lmtut.ema import WeightAverage
-from lmtut.interrupts import deferred_interrupts
+from lmtut.checkpoint import (
+    CheckpointError,
+    RunInfo,
+    TrainingCheckpoint,
+    checkpoint_path,
+    list_checkpoints,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from lmtut.config import TrainConfig
+from lmtut.datasets import Batch, LanguageModelingDataset, StepBatches
 from lmtut.loss import PaddedSmoothedCrossEntropyLoss, needs_distribution
-from lmtut.optimization import Optimization, TrainingDiverged
-from lmtut.perplexity import evaluate_perplexity
-from lmtut.precision import Precision, enable_tf32
-from lmtut.progress import Progress
-from lmtut.train_config import TrainConfig
+from lmtut.optim import Optimization, TrainingDiverged, WeightAverage
+from lmtut.runtime import Precision, barrier, default_device, deferred_interrupts, enable_tf32, world
+from lmtut.scoring import evaluate_perplexity
+
+# ----------------------------------------------------------------------------------------------------
+# Chapter 6: where a run stands, as one record that checkpoints save and a resumed run continues from.
+
+@dataclass
+class Progress:
+    """Steps, epochs, tokens and seconds so far (seconds of training steps only: evaluation and checkpoints
+    excluded)."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # epochs done
+    step_in_epoch: int = 0  # steps done in the current epoch
+    tokens_seen: int = 0  # input tokens of the steps done, over all ranks
+    train_seconds: float = 0.0
+
+    def advance(self, tokens: int, seconds: float, steps_per_epoch: int) -> None:
+        """Count one step of ``tokens`` tokens that took ``seconds``; an epoch ends after ``steps_per_epoch``."""
+        self.step += 1
+        self.step_in_epoch += 1
+        self.tokens_seen += tokens
+        self.train_seconds += seconds
+        if self.step_in_epoch == steps_per_epoch:
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            if key in self.__dataclass_fields__:
+                setattr(self, key, value)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Chapter 6: the training loop (NeMo's ``NeuralModuleFactory`` + ``nf.train``).
+#
+# :meth:`Trainer.train` is the loop; its parts are named: the steps' batches (``lmtut.datasets``), the optimizer step
+# (``lmtut.optim``), the run's progress (``lmtut.trainer``) and checkpoints (``lmtut.checkpoint``). Callbacks
+# only observe (``lmtut.callbacks``: the progress bar and loss records, the metrics files).
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged"]
 

@@ -11,7 +11,7 @@ steps: what the change does per update), and for as many steps as fit in ``--sec
 (equal wall time: what it does for a budget), its steps per second measured first by short timed runs of its own
 (every variant's before any run). The cosine schedule always ends with the run. Validation perplexity is measured at
 the end on the first ``--valid_tokens`` of the validation split. Every run goes to
-``results/modern/comparison.json`` as soon as it ends, with the verdicts of ``lmtut.evidence.compare`` against the
+``results/modern/comparison.json`` as soon as it ends, with the verdicts of ``lmtut.book.compare`` against the
 2017 block; a second call with the same budgets skips the runs the file holds (add seeds, or resume after Ctrl-C).
 ``--muon_lrs`` instead sweeps Muon's learning rate at equal steps (the sweep that chose :data:`MUON`'s setting) into
 ``results/modern/muon-lr.json``.
@@ -33,9 +33,11 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 import torch  # noqa: E402
 
 from lmtut import build_datasets, build_model, build_trainer, make_config, prepare, recipes  # noqa: E402
-from lmtut.evidence import compare  # noqa: E402
-from lmtut.files import atomic_write_json  # noqa: E402
-from lmtut.provenance import provenance  # noqa: E402
+from lmtut.book import compare  # noqa: E402
+from lmtut.runtime import (
+    atomic_write_json,  # noqa: E402
+    provenance,  # noqa: E402
+)
 
 PRESET = "cpu-demo"
 #: The block of Vaswani et al. (2017) as the cpu-demo recipe first had it, spelled out so the preset may change.
@@ -74,7 +76,7 @@ def steps_per_second(variant: str, corpus, tokenizer, probe_steps: int) -> float
 
 
 def verdicts(runs: list[dict]) -> dict:
-    """Each variant against the 2017 block, at each budget: lmtut.evidence.compare of the final perplexities."""
+    """Each variant against the 2017 block, at each budget: lmtut.book.compare of the final perplexities."""
     out = {}
     for budget in ("equal steps", "equal time"):
         by = {(r["variant"], r["seed"]): r["valid_ppl"] for r in runs if r["budget"] == budget}

@@ -3,7 +3,7 @@
     python scripts/compare_regularization.py --seeds 0 1 2 --jobs 2
 
 Every variant is ``make_config("cpu-small-data", ...)``, a small model trained on a twentieth of WikiText-2 (its first
-training articles with their own vocabulary, made by ``lmtut.small_corpus``), plus the overrides of the variants
+training articles with their own vocabulary, made by ``lmtut.corpus``), plus the overrides of the variants
 above it and its own: plain dropout (Srivastava et al., 2014), word dropout and input/output dropout (Gal &
 Ghahramani, 2016; Merity et al., 2018), locked masks, weight decay and weight averaging. Each variant runs with
 every seed (the seed sets the initialization, the dropout masks and the order of the batches), through the functions
@@ -30,11 +30,13 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 import torch  # noqa: E402
 
 from lmtut import build_datasets, build_model, build_trainer, download_wikitext2, make_config, prepare  # noqa: E402
-from lmtut.evidence import compare  # noqa: E402
-from lmtut.small_corpus import small_corpus  # noqa: E402
-from lmtut.device import default_device  # noqa: E402
-from lmtut.files import atomic_write_json  # noqa: E402
-from lmtut.provenance import provenance  # noqa: E402
+from lmtut.book import compare  # noqa: E402
+from lmtut.corpus import small_corpus  # noqa: E402
+from lmtut.runtime import (
+    atomic_write_json,  # noqa: E402
+    default_device,  # noqa: E402
+    provenance,  # noqa: E402
+)
 
 PRESET, FRACTION, EVAL_TOKENS = "cpu-small-data", 0.05, 10_000
 #: Each variant adds its overrides to those of the variants above it.
@@ -73,7 +75,7 @@ def in_force(variant: str, **extra) -> dict:
 
 
 def comparisons(ablation: dict) -> list[dict]:
-    """Each variant against the one above it, on the best and the last validation perplexity (lmtut.evidence)."""
+    """Each variant against the one above it, on the best and the last validation perplexity (lmtut.book)."""
     runs = {(r["variant"], r["seed"]): r for r in ablation["runs"]}
     variants, seeds = list(ablation["variants"]), sorted({r["seed"] for r in ablation["runs"]})
     out = []

@@ -35,8 +35,10 @@ from lmtut import (  # noqa: E402
     prepare_corpus,
     quick_train,
 )
-from lmtut.files import atomic_write_json  # noqa: E402
-from lmtut.provenance import provenance  # noqa: E402
+from lmtut.runtime import (
+    atomic_write_json,  # noqa: E402
+    provenance,  # noqa: E402
+)
 
 SETUP = dict(train_tokens=200_000, valid_tokens=10_000, max_sequence_length=64, steps=80, batch_size=16, lr=2e-3,
              eval_every=20)

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from lmtut import build_datasets, build_model, build_trainer, make_config, prepare, run  # noqa: E402
-from lmtut.files import atomic_write_json  # noqa: E402
+from lmtut.runtime import atomic_write_json  # noqa: E402
 
 RECORD = ROOT / "results" / "runs" / "cpu-demo" / "results.json"
 SWEEP = ROOT / "results" / "modern" / "muon-lr.json"

@@ -22,8 +22,11 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-from lmtut.device import default_device, describe_device  # noqa: E402
-from lmtut.provenance import git_commit  # noqa: E402
+from lmtut.runtime import (  # noqa: E402
+    default_device,
+    describe_device,
+    git_commit,  # noqa: E402
+)
 
 TIMES = ROOT / "results" / "notebooks" / "execution-times.json"
 SHARED_MIRROR = ROOT.parent / "shared" / "data" / "wikitext-2"

@@ -10,19 +10,31 @@ import random
 
 import pytest
 import torch
+from helpers import TINY, tiny_model
 
 import lmtut.evaluate as evaluate_cli
 import lmtut.train as train_cli
-from lmtut import (LanguageModelingDataset, TransformerLM, TransformerLMConfig, WordTokenizer, evaluate_perplexity,
-                   prepare_corpus, quick_train)
-from lmtut.cache import cache_log_probs, cache_scores, interpolate, tune_cache
+from lmtut import (
+    LanguageModelingDataset,
+    TransformerLM,
+    TransformerLMConfig,
+    WordTokenizer,
+    evaluate_perplexity,
+    prepare_corpus,
+    quick_train,
+)
+from lmtut.adapt.dynamic import (
+    KrauseUpdate,
+    bracketed,
+    dynamic_evaluation,
+    gradient_rms,
+    lookup_only_embeddings,
+    tune_dynamic_evaluation,
+    widened,
+)
+from lmtut.adapt.neural_cache import cache_log_probs, cache_scores, interpolate, tune_cache
 from lmtut.checkpoint import list_checkpoints
-from lmtut.dynamic_eval import (KrauseUpdate, bracketed, dynamic_evaluation, gradient_rms, lookup_only_embeddings,
-                                tune_dynamic_evaluation, widened)
-from lmtut.scoring import score_windows
-from lmtut.stream import TokenScores, score_stream
-
-from helpers import TINY, tiny_model
+from lmtut.scoring import TokenScores, score_stream, score_windows
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lmtut import TransformerLM, TransformerLMConfig
-from lmtut.calibration import fit_temperature, logit_groups, temperature_log_probs
+from lmtut.adapt.calibration import fit_temperature, logit_groups, temperature_log_probs
 
 
 def classifier(softmax: str) -> torch.nn.Module:

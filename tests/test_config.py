@@ -14,9 +14,8 @@ import torch
 import lmtut
 import lmtut.train as train_cli
 from lmtut import DeviceError, RunConfig, TrainConfig, TransformerLMConfig, default_device, make_config
-from lmtut.files import atomic_open, atomic_write_text
-from lmtut.nemo_compat import NEMO_ALIASES, RETIRED_NEMO_FLAGS
-from lmtut.recipes import PRESETS, setting_sections
+from lmtut.config import NEMO_ALIASES, PRESETS, RETIRED_NEMO_FLAGS, setting_sections
+from lmtut.runtime import atomic_open, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +36,7 @@ def test_presets_are_partial_overrides_of_one_config():
 def test_seed_names_and_errors():
     config = make_config(max_seq_length=32, iter_per_step=2, lr_warmup_proportion=0.1, amp_opt_level="O1")
     assert (config.model.max_sequence_length, config.train.batches_per_step) == (32, 2)
-    assert (config.train.warmup_ratio, config.train.precision) == (0.1, "O1")
+    assert (config.train.warmup_ratio, config.train.precision) == (0.1, "amp-fp16")  # Apex O1, mapped
     assert set(NEMO_ALIASES.values()) <= set(setting_sections())
     with pytest.raises(ValueError, match="unknown setting"):
         make_config(d_modle=64)
@@ -127,14 +126,15 @@ def test_atomic_open_writes_all_or_nothing(tmp_path):
 def module_imports() -> dict[str, tuple[set[str], list[str]]]:
     """Each lmtut module -> (the lmtut modules it imports at the top, imports found inside functions)."""
     out = {}
-    for path in sorted((ROOT / "lmtut").glob("*.py")):
+    for path in sorted((ROOT / "lmtut").rglob("*.py")):
         tree = ast.parse(path.read_text())
         top = {node.module for node in tree.body if isinstance(node, ast.ImportFrom) and node.module
                and node.module.startswith("lmtut")}
         nested = [f"{path.name}:{node.lineno}" for fn in ast.walk(tree)
                   if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
                   for node in ast.walk(fn) if isinstance(node, (ast.Import, ast.ImportFrom))]
-        out[f"lmtut.{path.stem}" if path.stem != "__init__" else "lmtut"] = (top, nested)
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = (top, nested)
     return out
 
 

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY
 
 from lmtut.checkpoint import list_checkpoints
-from lmtut.distributed import DistInfo, init_distributed, world
-
-from helpers import TINY
+from lmtut.runtime import DistInfo, init_distributed, world
 
 ARGS = TINY + ["--dropout", "0", "--log_every", "1", "--max_steps", "6"]  # 4 windows a step: 2 per rank
 

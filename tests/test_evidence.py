@@ -1,8 +1,8 @@
-"""The evidence rule (lmtut.evidence): an ordering holds in every seed, beyond the spread, on enough seeds."""
+"""The evidence rule (lmtut.book): an ordering holds in every seed, beyond the spread, on enough seeds."""
 
 import pytest
 
-from lmtut.evidence import NO_DIFFERENCE, compare
+from lmtut.book import NO_DIFFERENCE, compare
 
 
 def test_an_ordering_in_every_seed_beyond_the_spread_holds():

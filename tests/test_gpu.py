@@ -10,13 +10,11 @@ import sys
 
 import pytest
 import torch
+from helpers import TINY, Recorder, tiny_model
 
 import lmtut.train as train_cli
-from lmtut import (LanguageModelingDataset, TrainConfig, Trainer, default_device,
-                   evaluate_perplexity, load_for_inference)
+from lmtut import LanguageModelingDataset, TrainConfig, Trainer, default_device, evaluate_perplexity, load_for_inference
 from lmtut.checkpoint import list_checkpoints
-
-from helpers import TINY, Recorder, tiny_model
 
 ON_GPU = default_device().type == "cuda"
 pytestmark = pytest.mark.skipif(not ON_GPU, reason="GPU tier: no CUDA GPU here, or LMTUT_DEVICE asks for another "

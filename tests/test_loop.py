@@ -11,18 +11,25 @@ from dataclasses import replace
 
 import pytest
 import torch
+from helpers import tiny_model
 
 import lmtut.trainer as trainer_module
-from lmtut import (Callback, CheckpointError, LanguageModelingDataset, TrainConfig, Trainer, TrainingCheckpoint,
-                   evaluate_perplexity, evaluating, score_windows)
-from lmtut.batches import StepBatches
+from lmtut import (
+    Callback,
+    CheckpointError,
+    LanguageModelingDataset,
+    TrainConfig,
+    Trainer,
+    TrainingCheckpoint,
+    evaluate_perplexity,
+    evaluating,
+    score_windows,
+)
 from lmtut.checkpoint import list_checkpoints, load_checkpoint
-from lmtut.distributed import DistInfo
-from lmtut.optimization import Optimization, TrainingDiverged
-from lmtut.precision import Precision
-from lmtut.progress import Progress
-
-from helpers import tiny_model
+from lmtut.datasets import StepBatches
+from lmtut.optim import Optimization, TrainingDiverged
+from lmtut.runtime import DistInfo, Precision
+from lmtut.trainer import Progress
 
 
 @pytest.fixture

@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmtut import CausalSelfAttention, TokenClassifier, TransformerLM, TransformerLMConfig, attention_reference
-from lmtut.attention import attention_mask
-from lmtut.encoder import sinusoidal_positions
+from lmtut.model import attention_mask, sinusoidal_positions
 
 V, D, LAYERS, HEADS, INNER, T = 50, 32, 2, 4, 64, 12
 

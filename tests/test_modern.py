@@ -8,16 +8,21 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import interrupted_run
 from torch import nn
 
-from lmtut import (LanguageModelingDataset, TrainConfig, Trainer, TransformerLM, TransformerLMConfig,
-                   evaluate_perplexity, generate_text)
-from lmtut.attention import CausalSelfAttention, attention_reference
-from lmtut.optimizers import MuonAdamW, newton_schulz
-from lmtut.rotary import apply_rotary, rotary_angles
+from lmtut import (
+    LanguageModelingDataset,
+    TrainConfig,
+    Trainer,
+    TransformerLM,
+    TransformerLMConfig,
+    evaluate_perplexity,
+    generate_text,
+)
+from lmtut.model import CausalSelfAttention, apply_rotary, attention_reference, rotary_angles
+from lmtut.optim import MuonAdamW, newton_schulz
 from lmtut.scoring import loss_by_position
-
-from helpers import interrupted_run
 
 MODERN = dict(norm="rms", positions="rope", activation="swiglu", bias=False, qk_norm=True)
 

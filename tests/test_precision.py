@@ -6,25 +6,32 @@ import json
 
 import pytest
 import torch
+from helpers import TINY, Recorder, tiny_model
 
 import lmtut.train as train_cli
-from lmtut import (LanguageModelingDataset, MetricsWriterCallback, SimpleLossLoggerCallback,
-                   TrainConfig, Trainer, TrainingDiverged)
+from lmtut import (
+    LanguageModelingDataset,
+    MetricsWriterCallback,
+    SimpleLossLoggerCallback,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+)
 from lmtut.checkpoint import list_checkpoints, load_checkpoint
-from lmtut.precision import Precision, cpu_supports_bf16, resolve_precision
-
-from helpers import TINY, Recorder, tiny_model
+from lmtut.runtime import Precision, cpu_supports_bf16, resolve_precision
 
 FP16_ON_CPU = torch.amp.autocast_mode.is_autocast_available("cpu")
 
 
 def test_o_levels_and_names():
-    assert resolve_precision("O0", "cpu") == "fp32"
-    assert resolve_precision("O1", "cpu") == "amp-fp16"
-    assert resolve_precision("o2", "cpu") == "amp-fp16"  # autocast keeps fp32 master weights
+    # Apex's levels are NeMo's names: the config maps them, the runtime knows lmtut's modes only
+    assert [TrainConfig(precision=level).precision for level in ("O0", "O1", "o2")] == ["fp32", "amp-fp16", "amp-fp16"]
+    for bad in ("O3", "fp8"):
+        with pytest.raises(ValueError, match="unknown precision"):
+            TrainConfig(precision=bad)
     assert resolve_precision("bf16", "cpu") == "amp-bf16"
     assert resolve_precision("auto", "cpu") == ("amp-bf16" if cpu_supports_bf16() else "fp32")
-    for bad in ("O3", "fp8", ""):
+    for bad in ("O1", "fp8", ""):
         with pytest.raises(ValueError, match="unknown precision"):
             resolve_precision(bad, "cpu")
 
@@ -35,7 +42,7 @@ def test_autocast_contexts():
         with Precision.of(name, "cpu").autocast():
             assert (x @ w).dtype == dtype
     assert not Precision.of("amp-bf16", "cpu").grad_scaler().is_enabled()
-    assert Precision.of("O0", "cpu").grad_scaler().is_enabled() is False
+    assert Precision.of("fp32", "cpu").grad_scaler().is_enabled() is False
 
 
 def test_log_probs_are_fp32_under_autocast(tokenizer):
@@ -111,4 +118,5 @@ def test_cli_maps_the_seeds_amp_opt_level(corpus, tmp_path):
     assert json.loads((tmp_path / "o0" / "results.json").read_text())["precision"] == "fp32"
     assert train_cli.main(args + ["--work_dir", str(tmp_path / "bf16"), "--precision", "amp-bf16"]) == 0
     assert json.loads((tmp_path / "bf16" / "results.json").read_text())["precision"] == "amp-bf16"
-    assert train_cli.main(args + ["--work_dir", str(tmp_path / "bad"), "--precision", "fp8"]) == 1
+    with pytest.raises(SystemExit):  # refused by the config, before anything runs
+        train_cli.main(args + ["--work_dir", str(tmp_path / "bad"), "--precision", "fp8"])

@@ -8,18 +8,26 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TINY, Recorder, interrupted_run
 from torch import nn
 
 import lmtut.train as train_cli
-from lmtut import (LanguageModelingDataset, TrainConfig, Trainer,
-                   TransformerLM, TransformerLMConfig, WordTokenizer, evaluate_perplexity, load_for_inference,
-                   make_config, prepare_corpus)
+from lmtut import (
+    LanguageModelingDataset,
+    TrainConfig,
+    Trainer,
+    TransformerLM,
+    TransformerLMConfig,
+    WordTokenizer,
+    evaluate_perplexity,
+    load_for_inference,
+    make_config,
+    prepare_corpus,
+)
 from lmtut.checkpoint import list_checkpoints, load_checkpoint
-from lmtut.ema import WeightAverage
-from lmtut.regularization import LockedDropout, WordDropout
-from lmtut.small_corpus import small_corpus
-
-from helpers import TINY, Recorder, interrupted_run
+from lmtut.corpus import small_corpus
+from lmtut.model import LockedDropout, WordDropout
+from lmtut.optim import WeightAverage
 
 V, D, T = 50, 32, 12
 ALL_ON = dict(dropout=0.5, ffn_dropout=0.5, word_dropout=0.5, output_dropout=0.5, locked_dropout=True)

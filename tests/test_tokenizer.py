@@ -15,7 +15,8 @@ from lmtut import (
     build_vocab,
     prepare_corpus,
 )
-from lmtut.tokenizer import round_up, write_vocab
+from lmtut.model import round_up
+from lmtut.tokenizer import write_vocab
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,7 @@ def test_wikitext2_vocabulary(desc, tokenizer):
     assert desc.vocab_size == tokenizer.vocab_size == 33_280
     assert (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.unk_id) == (0, 1, 2, 3)
     assert tokenizer.id_to_token[4:8] == ["the", ",", ".", "of"]
-    assert tokenizer.padded_vocab_size() == 33_280 and tokenizer.padded_vocab_size(64) == 33_280
-    assert tokenizer.padded_vocab_size(128) == 33_280 and tokenizer.padded_vocab_size(1024) == 33_792
+    assert [round_up(tokenizer.vocab_size, m) for m in (8, 64, 128, 1024)] == [33_280, 33_280, 33_280, 33_792]
     first = desc.vocab_file.read_bytes()
     prepare_corpus(desc.data_dir)  # deterministic: the same file again
     assert desc.vocab_file.read_bytes() == first
@@ -70,7 +70,7 @@ def test_round_trip_on_real_sentences(desc, tokenizer):
 def test_unknown_words_map_to_unk(tiny_tokenizer):
     assert tiny_tokenizer.encode("c a zebra") == [4, 6, 3]
     assert tiny_tokenizer.decode([4, 0, 0]) == "c"  # padding is dropped
-    assert (tiny_tokenizer.vocab_size, tiny_tokenizer.padded_vocab_size()) == (7, 8)
+    assert tiny_tokenizer.vocab_size == 7
     assert [round_up(n, 8) for n in (1, 8, 9)] == [8, 8, 16]
     with pytest.raises(ValueError, match="positive integer"):
         round_up(7, 0)

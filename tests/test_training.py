@@ -9,7 +9,11 @@ import signal
 
 import pytest
 import torch
+from helpers import TINY, Recorder, interrupted_run, tiny_model
 
+import lmtut.evaluate as evaluate_cli
+import lmtut.generate as generate_cli
+import lmtut.train as train_cli
 from lmtut import (
     CheckpointError,
     LanguageModelingDataLayer,
@@ -25,13 +29,7 @@ from lmtut import (
     get_lr_policy,
     get_optimizer,
 )
-import lmtut.evaluate as evaluate_cli
-import lmtut.generate as generate_cli
-import lmtut.train as train_cli
 from lmtut.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
-
-from helpers import TINY, Recorder, interrupted_run, tiny_model
-
 
 # ----------------------------------------------------------------------------------------------- LR policies
 

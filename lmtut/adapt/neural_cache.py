@@ -12,7 +12,7 @@ trusted) are chosen on the validation split (:func:`tune_cache`), never on test.
 
 Only the targets' probabilities are needed, so a cache over N entries costs one (chunk, N) matrix product per chunk
 of positions: the whole cache of every position of a split is scored at once, causally, from the hidden states
-that :func:`lmtut.stream.score_stream` keeps. The first token of a stream has an empty cache and keeps p_model.
+that :func:`lmtut.scoring.score_stream` keeps. The first token of a stream has an empty cache and keeps p_model.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from lmtut.stream import ScoredStream, TokenScores
+from lmtut.scoring import ScoredStream, TokenScores
 
 #: The default grids of :func:`tune_cache`: theta multiplies dot products of hidden states (after the encoder's
 #: final LayerNorm their squared norms are a few hundred), lambda is a probability.

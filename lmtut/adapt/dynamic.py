@@ -43,9 +43,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lmtut.datasets import LanguageModelingDataset
-from lmtut.precision import Precision
-from lmtut.scoring import evaluating, model_device, score_windows, scored_batches
-from lmtut.stream import TokenScores
+from lmtut.runtime import Precision, model_device
+from lmtut.scoring import TokenScores, evaluating, score_windows, scored_batches
 
 RULES = ("sgd", "rms")
 

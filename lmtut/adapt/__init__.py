@@ -15,11 +15,11 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from lmtut.cache import cache_scores, tune_cache
-from lmtut.calibration import fit_temperature, temperature_log_probs
+from lmtut.adapt.calibration import fit_temperature, temperature_log_probs
+from lmtut.adapt.dynamic import DynamicTuning, dynamic_evaluation, gradient_rms, tune_dynamic_evaluation
+from lmtut.adapt.neural_cache import cache_scores, tune_cache
 from lmtut.datasets import LanguageModelingDataset
-from lmtut.dynamic_eval import DynamicTuning, dynamic_evaluation, gradient_rms, tune_dynamic_evaluation
-from lmtut.stream import ScoredStream, TokenScores
+from lmtut.scoring import ScoredStream, TokenScores
 
 ADAPTED = "adapted at test time"
 
