@@ -6,7 +6,6 @@ vocabulary, model size), not on which words the ids stand for, so no data needs 
 
 from __future__ import annotations
 
-import json
 import resource
 import sys
 import time
@@ -22,6 +21,7 @@ from lmtut import (  # noqa: E402
     WordTokenizer,
     default_device,  # noqa: E402,F401  (the benchmarks' import)
 )
+from lmtut.runtime import atomic_write_json  # noqa: E402
 from lmtut.runtime import describe_device as device_name  # noqa: E402,F401  (the benchmarks' import)
 from lmtut.tokenizer import SPECIAL_TOKENS as SPECIALS  # noqa: E402
 
@@ -78,7 +78,7 @@ def seconds_per_step(step, device: torch.device, steps: int) -> float:
 
 
 def write_json(path: str | None, payload: dict) -> None:
+    """The figures to ``path`` (when given) through the package's atomic writer, and say so."""
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+        atomic_write_json(path, payload)
         print(f"wrote {path}")

@@ -55,7 +55,7 @@ def measure(variant: str, shape: str, steps: int, rounds: int, chunk: int) -> di
 
     def step() -> float:
         if variant == "log-probs":
-            log_probs = model(ids)
+            log_probs = model(ids).log_probs
             loss = -log_probs.gather(-1, labels.unsqueeze(-1)).mean()
         elif variant == "cross-entropy":
             loss = F.cross_entropy(head(model.encoder(ids)).flatten(0, 1), labels.flatten(), ignore_index=pad)

@@ -37,15 +37,15 @@ from lmtut.runtime import PRECISIONS, cpu_supports_bf16
 class Clock(Callback):
     """Starts the clock after ``warmup`` steps (compilation, allocator and autotuning warm-up excluded)."""
 
-    def __init__(self, warmup: int):
-        self.warmup, self.start, self.loss = warmup, None, None
+    def __init__(self, warmup: int, device: torch.device):
+        self.warmup, self.device, self.start, self.loss = warmup, device, None, None
 
-    def on_step_end(self, trainer, loss):
-        if trainer.step == self.warmup:
-            sync(trainer.device)
-            reset_peak_memory(trainer.device)
+    def on_step_end(self, record):
+        if record.step == self.warmup:
+            sync(self.device)
+            reset_peak_memory(self.device)
             self.start = time.perf_counter()
-        self.loss = loss
+        self.loss = record.loss
 
 
 def measure(mode: str, shape: str, steps: int, warmup: int) -> dict:
@@ -56,14 +56,15 @@ def measure(mode: str, shape: str, steps: int, warmup: int) -> dict:
     dataset = synthetic_dataset(seq, (warmup + steps) * batch)
     torch.manual_seed(0)
     model = TransformerLM(config.model.with_vocab(dataset.tokenizer.vocab_size))
-    clock = Clock(warmup)
+    clock = Clock(warmup, device)
     cfg = TrainConfig(batch_size=batch, max_steps=warmup + steps, lr=1e-4, precision=mode, sync_every=warmup + steps)
-    trainer = Trainer(model, dataset, cfg, callbacks=[clock], device=device).train()
+    trainer = Trainer(model, dataset, cfg, callbacks=[clock], device=device)
+    trained = trainer.train()
     sync(device)
     seconds = time.perf_counter() - clock.start
     return {"precision": trainer.precision.name, "tokens_per_s": steps * batch * seq / seconds,
             "step_ms": 1000 * seconds / steps, "peak_memory_bytes": peak_memory_bytes(device),
-            "skipped_steps": trainer.skipped_steps, "final_loss": float(clock.loss), "tf32": trainer.tf32}
+            "skipped_steps": trained.skipped_steps, "final_loss": float(clock.loss), "tf32": trainer.tf32}
 
 
 def main() -> int:

@@ -4,6 +4,10 @@ A checkpoint is written to ``NAME.part``, flushed to disk, and renamed over ``NA
 (``lmtut.runtime.atomic_open``), so a crash while saving never destroys the last good checkpoint. Files are
 ``ckpt-step0001234.pt``; the newest K are kept. What a checkpoint holds is one :class:`TrainingCheckpoint`.
 Loading uses ``torch.load(weights_only=True)``: only tensors and plain Python containers, never arbitrary code.
+
+The :class:`Checkpointer` is handed the run's stateful parts (model, weight average, optimizer step, progress; the
+random generators it reads itself) and owns saving, resuming, keeping the newest K and waiting for every rank, as
+torchtitan's ``CheckpointManager`` does: the Trainer only says when.
 """
 
 from __future__ import annotations
@@ -11,14 +15,16 @@ from __future__ import annotations
 import os
 import random
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
 
-from lmtut.runtime import atomic_open
+from lmtut.runtime import DistInfo, atomic_open, barrier
 
 PATTERN = re.compile(r"ckpt-step(\d+)\.pt$")
 
@@ -130,3 +136,89 @@ class TrainingCheckpoint:
     def weights(self) -> dict[str, torch.Tensor]:
         """The weights the run evaluated: the moving average when it kept one, else the model's."""
         return self.ema["model"] if self.ema is not None else self.model
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+    """``model.load_state_dict(weights)``, with a one-line error that names the file when they do not fit."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(f"{source} does not fit this model: {str(e).splitlines()[0]}") from None
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class Checkpointer:
+    """Saves a run's stateful parts to ``work_dir/checkpoints`` and restores them (None: a run that keeps none).
+
+    ``parts``: ``"progress"`` and ``"optimization"`` (required), ``"average"`` (the weights' moving average, when
+    the run keeps one); ``extra``: plain values saved beside them (the train config, the precision).
+    """
+
+    work_dir: Path | None
+    model: nn.Module
+    parts: dict[str, Stateful]
+    keep: int = 3
+    world: DistInfo = field(default_factory=DistInfo)
+    run: RunInfo | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def snapshot(self, gather_rng: bool = True) -> TrainingCheckpoint:
+        """Everything a resume needs. Under torchrun every rank must call it (the random generators are gathered)
+        unless ``gather_rng=False``."""
+        trainer = {"progress": self.parts["progress"].state_dict(),
+                   "optimization": self.parts["optimization"].state_dict(), "rng": rng_state(), **self.extra}
+        if self.world.world_size > 1 and gather_rng:
+            ranks = [None] * self.world.world_size
+            dist.all_gather_object(ranks, trainer["rng"])  # each rank's dropout generator
+            trainer["rng_ranks"] = ranks
+        average = self.parts.get("average")
+        ema = None if average is None else average.state_dict()
+        return TrainingCheckpoint(self.model.state_dict(), trainer, ema, self.run)
+
+    def save(self, step: int, unless_done: bool = False, collective: bool = True) -> Path | None:
+        """Write step ``step``'s state atomically (rank 0 writes; every rank waits until it is on disk), keeping
+        the newest ``keep``. ``unless_done``: not if saved at this step. ``collective=False`` (on Ctrl-C, when
+        other ranks may be gone) saves rank 0's state without talking to them."""
+        if self.work_dir is None:
+            return None
+        path = checkpoint_path(self.work_dir, step)
+        if unless_done and path.is_file():
+            return path
+        state = self.snapshot(gather_rng=collective).to_state()
+        if self.world.is_main:
+            save_checkpoint(state, path, self.keep)
+        if collective:
+            barrier()
+        return path
+
+    def resume(self, device: torch.device) -> bool:
+        """Restore the newest checkpoint of the work dir; False when there is none."""
+        found = list_checkpoints(self.work_dir) if self.work_dir else []
+        if not found:
+            return False
+        self.restore(TrainingCheckpoint.read(found[-1], device), str(found[-1]))
+        return True
+
+    def restore(self, checkpoint: TrainingCheckpoint, source: str = "checkpoint") -> None:
+        """Continue from ``checkpoint``: weights, average, optimization, progress and random generators."""
+        saved = checkpoint.run.model_config if checkpoint.run else None
+        if saved is not None and self.run is not None and saved != self.run.model_config:
+            raise CheckpointError(f"{source} was made for a different model ({saved}); "
+                                  "use the same model arguments or another --work_dir")
+        load_weights(self.model, checkpoint.model, source)
+        if "average" in self.parts:
+            if checkpoint.ema is None:
+                raise CheckpointError(f"{source} has no averaged weights (it was written with ema_decay 0); resume "
+                                      "it with --ema_decay 0, or start another --work_dir")
+            self.parts["average"].load_state_dict(checkpoint.ema)
+        state = checkpoint.trainer
+        self.parts["optimization"].load_state_dict(state["optimization"])
+        self.parts["progress"].load_state_dict(state["progress"])
+        ranks = state.get("rng_ranks")
+        set_rng_state(ranks[self.world.rank] if ranks and len(ranks) == self.world.world_size else state["rng"])

@@ -7,19 +7,21 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from lmtut.callbacks import Callback, MetricsWriterCallback, SimpleLossLoggerCallback
-from lmtut.checkpoint import CheckpointError, RunInfo, TrainingCheckpoint, list_checkpoints
+from lmtut.checkpoint import CheckpointError, RunInfo, TrainingCheckpoint, list_checkpoints, load_weights
 from lmtut.config import RunConfig
 from lmtut.corpus import download_wikitext2
 from lmtut.datasets import LanguageModelDataDesc, LanguageModelingDataset, prepare_corpus, split_dataset
+from lmtut.loss import PaddedSmoothedCrossEntropyLoss
 from lmtut.model import TransformerLM
 from lmtut.runtime import (
     barrier,
@@ -32,7 +34,7 @@ from lmtut.runtime import (
 )
 from lmtut.scoring import evaluate_perplexity
 from lmtut.tokenizer import WordTokenizer
-from lmtut.trainer import TrainConfig, Trainer
+from lmtut.trainer import TrainConfig, Trainer, TrainResult
 
 # ----------------------------------------------------------------------------------------------------
 # Chapter 6: a run, from its configuration to a trained and evaluated model, in the functions that
@@ -43,7 +45,7 @@ from lmtut.trainer import TrainConfig, Trainer
 #     datasets = build_datasets(config, corpus, tokenizer)    # train, valid and test windows
 #     model = build_model(config, tokenizer)                  # seeded: the same weights every time
 #     trainer = build_trainer(config, model, datasets)        # optimizer, schedule, callbacks, work dir
-#     trainer.train()
+#     trained = trainer.train()                              # steps, tokens, seconds, last evaluations
 #
 # :func:`run` does all of this, then measures test perplexity (with the averaged weights, when the run averages them)
 # and writes ``config.json`` and ``results.json``;
@@ -81,9 +83,9 @@ def build_model(config: RunConfig, tokenizer: WordTokenizer) -> TransformerLM:
     return TransformerLM(config.model.with_vocab(tokenizer.vocab_size))
 
 
-def standard_callbacks(show_bar: bool = True) -> list[Callback]:
+def standard_callbacks(config: RunConfig, show_bar: bool = True) -> list[Callback]:
     """What observes a run: the loss logger (a progress bar and loss records) and the metrics files."""
-    return [SimpleLossLoggerCallback(show_bar=show_bar), MetricsWriterCallback()]
+    return [SimpleLossLoggerCallback(config.train.log_every, show_bar), MetricsWriterCallback(config.work_dir)]
 
 
 def build_trainer(config: RunConfig, model: TransformerLM, datasets: dict[str, LanguageModelingDataset],
@@ -96,7 +98,7 @@ def build_trainer(config: RunConfig, model: TransformerLM, datasets: dict[str, L
     names = {"valid": "valid", "train_eval": "train"}
     evaluated = {name: datasets[key] for key, name in names.items() if key in datasets}
     run_info = RunInfo(config.to_dict(), asdict(model.config), datasets["train"].tokenizer.id_to_token)
-    return Trainer(model, datasets["train"], config.train, evaluated, callbacks=standard_callbacks(show_bar),
+    return Trainer(model, datasets["train"], config.train, evaluated, callbacks=standard_callbacks(config, show_bar),
                    work_dir=config.work_dir, device=device, run=run_info)
 
 
@@ -162,19 +164,19 @@ def run(config: RunConfig, resume: bool = False, show_bar: bool = True) -> RunRe
               f"{trainer.precision.name}" + (", TF32 matmuls on" if trainer.tf32 else ""), file=sys.stderr)
     start = time.perf_counter()
     if resume and trainer.resume() and world.is_main:
-        print(f"resumed from step {trainer.step} of {trainer.total_steps}", file=sys.stderr)
-    trainer.train()
+        print(f"resumed from step {trainer.progress.step} of {trainer.total_steps}", file=sys.stderr)
+    trained = trainer.train()
     if not world.is_main:
         return None
-    valid, train = trainer.last_eval["valid"], trainer.last_eval.get("train")
+    valid, train = trained.evaluations["valid"], trained.evaluations.get("train")
     # the averaged weights when the run averages them (trainer.eval_model), as in every evaluation during training
     test_nll, test_ppl = evaluate_perplexity(trainer.eval_model, datasets["test"], config.train.eval_batch_size)
     result = RunResult(
         valid_ppl=valid["valid_ppl"], valid_nll=valid["valid_nll"], test_ppl=test_ppl, test_nll=test_nll,
-        steps=trainer.step, tokens=trainer.tokens_seen,
-        tokens_per_s=trainer.tokens_seen / max(trainer.train_seconds, 1e-9), wall_time_s=time.perf_counter() - start,
-        **origin, world_size=world.world_size, precision=trainer.precision.name, tf32=trainer.tf32,
-        skipped_steps=trainer.skipped_steps, parameters=model.parameter_counts()["total"],
+        steps=trained.steps, tokens=trained.tokens_seen, tokens_per_s=trained.tokens_per_s,
+        wall_time_s=time.perf_counter() - start, **origin, world_size=world.world_size,
+        precision=trainer.precision.name, tf32=trainer.tf32, skipped_steps=trained.skipped_steps,
+        parameters=model.parameter_counts()["total"],
         predict_last_k=config.data.predict_last_k, preset=config.preset,
         train_ppl=train["train_ppl"] if train else None)
     (work_dir / "results.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
@@ -193,11 +195,35 @@ def load_for_inference(path: str | Path,
     config = RunConfig.from_dict(checkpoint.run.run_config)
     tokenizer = WordTokenizer(tokens=checkpoint.run.vocab)
     model = TransformerLM(config.model.with_vocab(tokenizer.vocab_size))
-    try:
-        model.load_state_dict(checkpoint.weights())
-    except RuntimeError as e:
-        raise CheckpointError(f"{path} does not fit its own config: {str(e).splitlines()[0]}") from None
+    load_weights(model, checkpoint.weights(), str(path))
     return model.to(device or default_device()).eval(), tokenizer, config
+
+
+# ----------------------------------------------------------------------------------------------------
+# Chapters 7 and 8, and the scripts that compare recipes over seeds: one variant of a recipe, trained and scored.
+
+
+@dataclass(frozen=True)
+class VariantRun:
+    """One variant of a recipe after training: its model, what the run measured and its metrics records."""
+
+    model: TransformerLM
+    result: TrainResult
+    metrics: list[dict[str, Any]]  # metrics.jsonl: loss records and every evaluation, in order
+
+
+def train_variant(config: RunConfig, corpus: LanguageModelDataDesc, tokenizer: WordTokenizer,
+                  eval_tokens: int | None = None,
+                  datasets: dict[str, LanguageModelingDataset] | None = None) -> VariantRun:
+    """Train ``config`` (a recipe with the variant's overrides, from :func:`lmtut.make_config`) in a temporary work
+    dir, without a progress bar, scoring the first ``eval_tokens`` of validation (or the ``datasets`` given)."""
+    with tempfile.TemporaryDirectory(prefix="lmtut-variant-") as work:
+        config = replace(config, work_dir=work)
+        datasets = datasets or build_datasets(config, corpus, tokenizer, eval_tokens)
+        model = build_model(config, tokenizer)
+        result = build_trainer(config, model, datasets, show_bar=False).train()
+        lines = (Path(work) / "metrics.jsonl").read_text().splitlines()
+    return VariantRun(model, result, [json.loads(line) for line in lines])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -207,20 +233,17 @@ def load_for_inference(path: str | Path,
 # warmup, gradient clipping, a seeded shuffle, fp32, and validation perplexity measured the right way (unsmoothed,
 # each scored token once) before the first step and every ``eval_every`` steps. It keeps no checkpoints.
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
 class History(Callback):
     """Every step's training loss and every validation perplexity, as lists (the loss read back each step)."""
 
     def __init__(self):
         self.history: dict[str, list[float]] = {"step": [], "train_loss": [], "eval_step": [], "valid_ppl": []}
 
-    def on_step_end(self, trainer, loss):
-        self.history["step"].append(trainer.step)
-        self.history["train_loss"].append(float(loss))
+    def on_step_end(self, record):
+        self.history["step"].append(record.step)
+        self.history["train_loss"].append(float(record.loss))
 
-    def on_log(self, trainer, record):
+    def on_log(self, record):
         if "valid_ppl" in record:
             self.history["eval_step"].append(record["step"])
             self.history["valid_ppl"].append(record["valid_ppl"])
@@ -238,22 +261,22 @@ def quick_train(
     weight_decay: float = 0.0,
     clip_grad_norm: float = 1.0,
     eval_every: int = 25,
-    loss_fn: LossFn | None = None,
+    loss_fn: PaddedSmoothedCrossEntropyLoss | None = None,
     seed: int = 0,
     desc: str = "training",
 ) -> dict[str, list[float]]:
     """Train ``model`` for ``steps`` batches, where it is; return its history (step, train loss, validation
     perplexity at ``eval_step``, tokens per second).
 
-    ``loss_fn(log_probs, labels)`` defaults to the plain negative log-likelihood ignoring padding
-    (``PaddedSmoothedCrossEntropyLoss`` without smoothing), for which the model scores the targets alone.
+    ``loss_fn`` defaults to the plain negative log-likelihood ignoring padding (``PaddedSmoothedCrossEntropyLoss``
+    without smoothing), for which the model scores the targets alone.
     """
     config = TrainConfig(batch_size=batch_size, max_steps=steps, lr=lr, lr_policy="constant",
                          warmup_steps=warmup_steps, weight_decay=weight_decay, clip_grad_norm=clip_grad_norm,
                          eval_every=eval_every, eval_batch_size=batch_size, log_every=steps, seed=seed)
     recorder = History()
     trainer = Trainer(model, train, config, {"valid": valid} if valid is not None else None, loss_fn,
-                      callbacks=[recorder, SimpleLossLoggerCallback(desc=desc)], device=model_device(model))
+                      callbacks=[recorder, SimpleLossLoggerCallback(steps, desc=desc)], device=model_device(model))
     trainer.evaluate()  # before the first step
-    trainer.train()
-    return {**recorder.history, "tokens_per_s": [trainer.tokens_seen / max(trainer.train_seconds, 1e-9)]}
+    trained = trainer.train()
+    return {**recorder.history, "tokens_per_s": [trained.tokens_per_s]}

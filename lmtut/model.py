@@ -9,7 +9,9 @@ training, scoring and generation, as nanochat's ``GPT.forward`` does.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -172,12 +174,15 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 # softmax(Q K^T / sqrt(d_head) + mask) V; ``CausalSelfAttention`` runs the same computation through
 # ``F.scaled_dot_product_attention``, which picks a fused kernel (FlashAttention, memory-efficient attention) on GPUs.
 # The tests check that both give the same numbers, and that they match ``torch.nn.MultiheadAttention``.
-# Asked with ``need_weights=True``, the module computes its output with the reference math instead and returns the
-# attention weights too: the maps that chapter 3 draws come from the model itself.
+# The maps that chapter 3 draws come from the model itself: :func:`attention_maps` hooks every attention module and
+# recomputes its weights with the reference math from the very queries and keys it used.
+# Given a :class:`KVCache` (generation, chapter 7), the module reads the cached keys and values of the tokens before
+# and adds the new tokens' own: the same ``forward``, with the positions continuing where the cache ends.
 
-def causal_mask(length: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """(length, length) boolean mask, True where query i may attend to key j, that is j <= i."""
-    return torch.ones(length, length, dtype=torch.bool, device=device).tril()
+def causal_mask(length: int, device: torch.device | str | None = None, past: int = 0) -> torch.Tensor:
+    """(length, past + length) boolean mask, True where query i (at position past + i) may attend to key j, that
+    is j <= past + i: every one of ``past`` earlier keys and the new ones up to itself."""
+    return torch.ones(length, past + length, dtype=torch.bool, device=device).tril(diagonal=past)
 
 
 def attention_mask(input_mask: torch.Tensor | None, length: int, device: torch.device) -> torch.Tensor | None:
@@ -267,38 +272,47 @@ class CausalSelfAttention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: (B, T, d_model); mask: from :func:`attention_mask` (None: causal only). Returns (output, None).
+                cache: KVCache | None = None) -> torch.Tensor:
+        """x: (B, T, d_model); mask: from :func:`attention_mask` (None: causal only). With a ``cache``, x holds the
+        new tokens only: they attend to the cached ones and, causally, to themselves, and join the cache."""
+        q, k, v = self.split_heads(x)
+        past = 0 if cache is None else cache.length
+        q, k = self.positioned(q, k, offset=past)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        dropout = self.attn_dropout if self.training else 0.0
+        if mask is None and past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        else:  # a padding mask, or new queries that see every cached key and the new keys up to themselves
+            allowed = mask if mask is not None else causal_mask(q.size(-2), x.device, past=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
+        return self.merge_heads(y)
 
-        ``need_weights=True`` returns ``(output, weights)`` instead, with the (B, heads, T, T) weights of the
-        reference math (no attention dropout: for looking at, not for training), as ``nn.MultiheadAttention`` does.
-        """
+    def weights(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The (B, heads, T, T) attention weights that ``forward(x, mask)`` applies, by the reference math (no
+        attention dropout: for looking at, not for training)."""
         q, k, v = self.split_heads(x)
         q, k = self.positioned(q, k)
-        if need_weights:
-            y, weights = attention_reference(q, k, v, mask)
-            return self.merge_heads(y), weights
-        dropout = self.attn_dropout if self.training else 0.0
-        if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        return self.merge_heads(y), None
+        return attention_reference(q, k, v, mask)[1]
 
-    def forward_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Attention of the new tokens ``x`` (B, T_new, d_model) over the cached ones and themselves, causally; the
-        new keys and values are added to ``cache``. For generation: eval mode, no padding."""
-        q, k, v = self.split_heads(x)
-        past = cache.length
-        q, k = self.positioned(q, k, offset=past)
-        k, v = cache.append(k, v)
-        if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:  # new query i sees every cached key and the new keys up to itself
-            T_new = q.size(-2)
-            allowed = torch.ones(T_new, past + T_new, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        return self.merge_heads(y)
+
+@contextmanager
+def attention_maps(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Within the block, every forward of ``model`` appends each attention layer's (B, heads, T, T) weights to
+    the list it yields, layer after layer (chapter 3's maps), from forward hooks: the model's code is untouched."""
+    maps: list[torch.Tensor] = []
+
+    def record(module: CausalSelfAttention, args: tuple, kwargs: dict, output: torch.Tensor) -> None:
+        with torch.no_grad():
+            maps.append(module.weights(*args, mask=kwargs.get("mask")))
+
+    attentions = [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
+    hooks = [m.register_forward_hook(record, with_kwargs=True) for m in attentions]
+    try:
+        yield maps
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -311,11 +325,6 @@ class CausalSelfAttention(nn.Module):
 # Both rescale what they keep by ``1 / (1 - p)``, as ``nn.Dropout`` does, and both are the identity in ``eval()``
 # mode. Neither draws a random number when it is the identity, so an option left off changes no run.
 
-def check_probability(name: str, p: float) -> None:
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"{name} must lie in [0, 1), got {p}")
-
-
 class WordDropout(nn.Module):
     """Drop word types from the embedding: ``(B, T, d)`` embeddings of ``(B, T)`` ids -> the same shape.
 
@@ -327,7 +336,6 @@ class WordDropout(nn.Module):
 
     def __init__(self, num_embeddings: int, p: float = 0.0):
         super().__init__()
-        check_probability("word_dropout", p)
         self.num_embeddings, self.p = num_embeddings, p
 
     def row_mask(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -354,7 +362,6 @@ class LockedDropout(nn.Module):
 
     def __init__(self, p: float = 0.0):
         super().__init__()
-        check_probability("dropout", p)
         self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -431,25 +438,13 @@ class TransformerBlock(nn.Module):
         self.drop = sequence_dropout(config.dropout, config.locked_dropout)  # on each sublayer's output, before the add
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, T, d_model) -> (the same shape, the attention weights when ``need_weights``, else None)."""
+                cache: KVCache | None = None) -> torch.Tensor:
+        """(B, T, d_model) -> the same shape; with a ``cache``, the new tokens only (see the attention)."""
         if self.pre_norm:
-            a, weights = self.attn(self.norm1(x), mask, need_weights)
-            x = x + self.drop(a)
-            x = x + self.drop(self.ffn(self.norm2(x)))
-        else:
-            a, weights = self.attn(x, mask, need_weights)
-            x = self.norm1(x + self.drop(a))
-            x = self.norm2(x + self.drop(self.ffn(x)))
-        return x, weights
-
-    def forward_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """The block on new tokens only, its attention reading and extending ``cache`` (eval mode, generation)."""
-        if self.pre_norm:
-            x = x + self.attn.forward_cached(self.norm1(x), cache)
-            return x + self.ffn(self.norm2(x))
-        x = self.norm1(x + self.attn.forward_cached(x, cache))
-        return self.norm2(x + self.ffn(x))
+            x = x + self.drop(self.attn(self.norm1(x), mask=mask, cache=cache))
+            return x + self.drop(self.ffn(self.norm2(x)))
+        x = self.norm1(x + self.drop(self.attn(x, mask=mask, cache=cache)))
+        return self.norm2(x + self.drop(self.ffn(x)))
 
 
 class TransformerEncoder(nn.Module):
@@ -480,41 +475,23 @@ class TransformerEncoder(nn.Module):
             return self.position_embedding.weight[offset : offset + length]
         return self.position_table[offset : offset + length]
 
-    def new_cache(self) -> list[KVCache]:
-        """An empty key/value cache, one per layer, for :meth:`forward_cached`."""
-        return [KVCache() for _ in self.layers]
-
-    @torch.no_grad()
-    def forward_cached(self, input_ids: torch.Tensor, cache: list[KVCache]) -> torch.Tensor:
-        """The hidden states of new tokens (B, T_new) that follow the ``cache``'s, which they extend: generation's
-        incremental forward (eval mode, no padding). The positions continue where the cache ends."""
-        past, T = cache[0].length, input_ids.size(1)
-        if past + T > self.max_sequence_length:
-            raise ValueError(f"{past + T} tokens exceed max_sequence_length={self.max_sequence_length}: start a new "
-                             "cache on the last window")
-        x = self.embedding(input_ids) * math.sqrt(self.d_model) + self.positions(T, offset=past)
-        for layer, layer_cache in zip(self.layers, cache):
-            x = layer.forward_cached(x, layer_cache)
-        return self.final_norm(x)
-
     def forward(self, input_ids: torch.Tensor, input_mask: torch.Tensor | None = None,
-                need_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """input_ids: (B, T) int64; input_mask: (B, T), True at real tokens (None: no padding).
-
-        ``need_weights=True`` also returns each layer's (B, heads, T, T) attention weights.
-        """
+                kv_cache: list[KVCache] | None = None) -> torch.Tensor:
+        """input_ids: (B, T) int64; input_mask: (B, T), True at real tokens (None: no padding). With a ``kv_cache``
+        (one :class:`KVCache` per layer), the ids are the tokens that follow the cached ones (eval mode, no
+        padding), and their positions continue where the cache ends."""
+        past = 0 if kv_cache is None else kv_cache[0].length
         T = input_ids.size(1)
-        if T > self.max_sequence_length:
-            raise ValueError(f"sequence of {T} tokens is longer than max_sequence_length={self.max_sequence_length}")
-        x = self.word_drop(self.embedding(input_ids), input_ids) * math.sqrt(self.d_model) + self.positions(T)
-        x = self.emb_drop(x)
+        if past + T > self.max_sequence_length:
+            raise ValueError(f"{past + T} tokens are more than max_sequence_length={self.max_sequence_length}: "
+                             "read the last window only (with a KV cache: start a new cache on it)")
+        x = self.word_drop(self.embedding(input_ids), input_ids) * math.sqrt(self.d_model)
+        x = self.emb_drop(x + self.positions(T, offset=past))
         mask = attention_mask(input_mask, T, input_ids.device)
-        maps = []
-        for layer in self.layers:
-            x, weights = layer(x, mask, need_weights)
-            maps.append(weights)
-        x = self.output_drop(self.final_norm(x))
-        return (x, maps) if need_weights else x
+        caches = kv_cache if kv_cache is not None else [None] * len(self.layers)
+        for layer, cache in zip(self.layers, caches):
+            x = layer(x, mask=mask, cache=cache)
+        return self.output_drop(self.final_norm(x))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -530,7 +507,13 @@ class TransformerEncoder(nn.Module):
 #
 # Every classifier gives the whole distribution (``classifier(hidden)``: (B, T, V) log-probabilities, for sampling
 # and smoothed losses) or only the log-probability of each target (``classifier.target_log_probs(hidden, targets)``:
-# (B, T), all that the plain loss and perplexity need, and far cheaper for the adaptive softmax).
+# (B, T), all that the plain loss and perplexity need, and far cheaper for the adaptive softmax). Callers never
+# reach them: ``TransformerLM.forward`` returns an :class:`LMOutput` with what was asked for, at the positions
+# asked for.
+
+#: One softmax behind the targets of some positions: (their rows, (n, C) logits, the target's column (n,)).
+LogitGroup = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
 
 class TokenClassifier(nn.Module):
     """(B, T, hidden) -> (B, T, num_classes) log-probabilities (``log_softmax=False``: logits).
@@ -546,7 +529,6 @@ class TokenClassifier(nn.Module):
         num_layers: int = 1,
         activation: str = "relu",
         log_softmax: bool = True,
-        dropout: float = 0.0,
         bias: bool = True,
     ):
         super().__init__()
@@ -554,7 +536,6 @@ class TokenClassifier(nn.Module):
         for _ in range(num_layers - 1):
             hidden += [nn.Linear(hidden_size, hidden_size), ACTIVATIONS[activation](), nn.LayerNorm(hidden_size)]
         self.mlp = nn.Sequential(*hidden)
-        self.dropout = nn.Dropout(dropout)
         self.last = nn.Linear(hidden_size, num_classes, bias=bias)
         self.log_softmax = log_softmax
 
@@ -563,12 +544,16 @@ class TokenClassifier(nn.Module):
         return self.last.weight
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        logits = self.last(self.dropout(self.mlp(hidden_states)))
+        logits = self.last(self.mlp(hidden_states))
         return F.log_softmax(logits.float(), dim=-1) if self.log_softmax else logits  # fp32 under autocast too
 
     def target_log_probs(self, hidden_states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """(B, T) log-probability of each target: the full log-softmax, then one value per position."""
         return self(hidden_states).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+    def logit_groups(self, hidden: torch.Tensor, targets: torch.Tensor) -> list[LogitGroup]:
+        """One softmax over every word: its log-probabilities are logits shifted by a constant per row."""
+        return [(torch.arange(len(targets), device=targets.device), self(hidden).float(), targets)]
 
 
 class AdaptiveClassifier(nn.Module):
@@ -597,9 +582,35 @@ class AdaptiveClassifier(nn.Module):
             flat = hidden_states.float().flatten(0, -2)
             return self.asm(flat, targets.flatten()).output.view(targets.shape)
 
+    def logit_groups(self, hidden: torch.Tensor, targets: torch.Tensor) -> list[LogitGroup]:
+        """The head's softmax (over the frequent words and one entry per tail cluster) for every target, and for
+        the targets in a tail cluster that cluster's softmax: a rare word's log-probability is the sum of two."""
+        asm, rows = self.asm, torch.arange(len(targets), device=targets.device)
+        head_column, groups = targets.clone(), []
+        for i, (low, high) in enumerate(zip(asm.cutoffs[:-1], asm.cutoffs[1:])):
+            in_cluster = (targets >= low) & (targets < high)
+            if in_cluster.any():
+                head_column[in_cluster] = asm.shortlist_size + i
+                groups.append((rows[in_cluster], asm.tail[i](hidden[in_cluster]), targets[in_cluster] - low))
+        return [(rows, asm.head(hidden), head_column)] + groups
+
+
+@dataclass
+class LMOutput:
+    """What :meth:`TransformerLM.forward` returns, each tensor under its own name (absent: not asked for).
+
+    With ``at`` (a (B, T) boolean mask), the positions are the selected ones, row-major: (n, ...) instead of
+    (B, T, ...).
+    """
+
+    hidden: torch.Tensor  # (B, T, d_model) the encoder's last hidden states
+    log_probs: torch.Tensor | None = None  # (B, T, V) every word's log-probability, float32
+    target_log_probs: torch.Tensor | None = None  # (B, T) each target's log-probability, float32
+
 
 class TransformerLM(nn.Module):
-    """Encoder + token classifier: ``model(input_ids, input_mask=None)`` gives (B, T, padded vocab) log-probs.
+    """Encoder + token classifier, as one ``forward(input_ids, targets, kv_cache)`` for training, scoring and
+    generation (see :meth:`forward`).
 
     ``TransformerLM(TransformerLMConfig(vocab_size=..., d_model=..., ...))``: one config, handed down to the encoder,
     its blocks and their attention. The extra rows of the padded vocabulary are ordinary outputs that are never a
@@ -631,6 +642,56 @@ class TransformerLM(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=self.config.d_model**-0.5)
 
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
+                kv_cache: list[KVCache] | None = None, *, input_mask: torch.Tensor | None = None,
+                at: torch.Tensor | None = None, distribution: bool = False) -> LMOutput:
+        """The model on (B, T) ids: its hidden states and, from them, log-probabilities.
+
+        - ``targets`` (B, T): each target's log-probability (``target_log_probs``), all a plain loss and a
+          perplexity need (with the adaptive softmax a tail cluster is computed only where a target lies in it);
+        - no targets, or ``distribution=True``: every word's (``log_probs``), for sampling and smoothed losses;
+        - ``kv_cache`` (from :meth:`new_kv_cache`): the ids follow the cached tokens, and join them (generation);
+        - ``input_mask`` (B, T): True at real tokens, for windows padded on the left;
+        - ``at`` (B, T) boolean: the softmax runs at these positions only (scoring, the last one in generation).
+        """
+        hidden = self.encoder(input_ids, input_mask, kv_cache)
+        if at is not None:
+            hidden, targets = hidden[at], None if targets is None else targets[at]
+        out = LMOutput(hidden)
+        if targets is None or distribution:
+            out.log_probs = self.classifier(hidden)
+            if targets is not None:
+                out.target_log_probs = out.log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        else:
+            out.target_log_probs = self.classifier.target_log_probs(hidden, targets)
+        return out
+
+    def new_kv_cache(self) -> list[KVCache]:
+        """An empty key/value cache, one :class:`KVCache` per layer, for ``forward(..., kv_cache=...)``."""
+        return [KVCache() for _ in self.encoder.layers]
+
+    def logit_groups(self, hidden: torch.Tensor, targets: torch.Tensor) -> list[LogitGroup]:
+        """The softmaxes whose log-probabilities add up to each target's, as logits (chapter 9's calibration):
+        ``hidden`` (N, d) from ``forward``, ``targets`` (N,)."""
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.classifier.logit_groups(hidden.float(), targets)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The parameters by how an optimizer treats them, in the model's order (nanoGPT's ``configure_optimizers``):
+
+        - ``"decayed"``: the matrices, embeddings and softmax layers, which weight decay pulls towards 0;
+        - ``"not_decayed"``: biases, norms' weights and learned positions;
+        - ``"block_matrices"``: the blocks' 2-D weights, which Muon updates (chapter 7); a subset of "decayed".
+        """
+        positions = set(self.encoder.position_embedding.parameters()) if self.encoder.position_embedding else set()
+        blocks = {p for p in self.encoder.layers.parameters() if p.dim() == 2}
+        groups: dict[str, list[nn.Parameter]] = {"decayed": [], "not_decayed": [], "block_matrices": []}
+        for p in self.parameters():
+            groups["decayed" if p.dim() >= 2 and p not in positions else "not_decayed"].append(p)
+            if p in blocks:
+                groups["block_matrices"].append(p)
+        return groups
+
     @property
     def may_skip_parameters(self) -> bool:
         """Whether a step can leave parameters without a gradient (the adaptive softmax's unreached clusters)."""
@@ -639,12 +700,6 @@ class TransformerLM(nn.Module):
     @property
     def tied(self) -> bool:
         return getattr(self.classifier, "weight", None) is self.encoder.embedding.weight
-
-    def forward(self, input_ids: torch.Tensor, input_mask: torch.Tensor | None = None,
-                targets: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, V) log-probabilities; with ``targets`` (B, T), only each target's log-probability, (B, T)."""
-        hidden = self.encoder(input_ids, input_mask)
-        return self.classifier(hidden) if targets is None else self.classifier.target_log_probs(hidden, targets)
 
     def with_window(self, length: int) -> "TransformerLM":
         """A copy with the same weights that reads windows of up to ``length`` tokens (chapter 7's length test).

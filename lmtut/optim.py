@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from lmtut.config import LR_POLICIES, LR_POLICY_NAMES, OPTIMIZERS, TrainConfig
+from lmtut.model import TransformerLM
 from lmtut.runtime import Precision, model_device
 
 # ----------------------------------------------------------------------------------------------------
@@ -55,12 +56,12 @@ class NovoGrad(torch.optim.Optimizer):
         return loss
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: biases, LayerNorm weights and positions are not decayed."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.dim() >= 2 and "position" not in name else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def parameter_groups(model: TransformerLM, weight_decay: float) -> list[dict]:
+    """Weight decay on the matrices that the model declares decayed; none on biases, norms' weights and positions
+    (``TransformerLM.parameter_groups``)."""
+    groups = model.parameter_groups()
+    return [{"params": groups["decayed"], "weight_decay": weight_decay},
+            {"params": groups["not_decayed"], "weight_decay": 0.0}]
 
 
 #: The quintic Newton-Schulz coefficients of Jordan et al. (2024), the ones ``torch.optim.Muon`` uses.
@@ -95,15 +96,15 @@ class MuonAdamW(torch.optim.Optimizer):
     "match_rms_adamw"`` scales it to the RMS of an AdamW update, so that its learning rate is on AdamW's scale.
     """
 
-    def __init__(self, model: nn.Module, lr: float, muon_lr: float, weight_decay: float = 0.0,
+    def __init__(self, model: TransformerLM, lr: float, muon_lr: float, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), momentum: float = 0.95, fused: bool | None = None):
-        matrices = [p for name, p in model.named_parameters() if p.dim() == 2 and ".layers." in f".{name}"]
-        chosen = {id(p) for p in matrices}
-        rest = [g | {"params": [p for p in g["params"] if id(p) not in chosen]}
+        matrices = model.parameter_groups()["block_matrices"]
+        chosen = set(matrices)
+        rest = [g | {"params": [p for p in g["params"] if p not in chosen]}
                 for g in parameter_groups(model, weight_decay)]
         rest = [g for g in rest if g["params"]]
         if not matrices:
-            raise ValueError("Muon found no 2-D weight in the model's blocks (parameters named '...layers...')")
+            raise ValueError("Muon found no 2-D weight in the model's blocks")
         self.muon = torch.optim.Muon(matrices, lr=muon_lr, weight_decay=weight_decay, momentum=momentum,
                                      adjust_lr_fn="match_rms_adamw")
         self.adamw = torch.optim.AdamW(rest, lr=lr, betas=betas, fused=fused) if rest else None
@@ -179,8 +180,6 @@ def get_lr_policy(
         raise ValueError(f"total_steps must be positive, got {total_steps}")
     if warmup_steps is not None and warmup_ratio is not None:
         raise ValueError("give warmup_steps or warmup_ratio, not both")
-    if warmup_ratio is not None and not 0.0 <= warmup_ratio < 1.0:
-        raise ValueError(f"warmup_ratio must lie in [0, 1), got {warmup_ratio}")
     warmup = warmup_steps if warmup_steps is not None else int(round((warmup_ratio or 0.0) * total_steps))
     decay_steps = max(total_steps - warmup, 1)
 
@@ -229,8 +228,6 @@ class WeightAverage:
     """
 
     def __init__(self, model: nn.Module, decay: float):
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"ema_decay must lie in (0, 1), got {decay}")
         self.decay, self.count = decay, 0
         self.model = copy.deepcopy(model).eval().requires_grad_(False)  # deepcopy keeps tied weights tied
 
@@ -269,7 +266,7 @@ class TrainingDiverged(RuntimeError):
 class Optimization:
     """``scale(loss).backward()``, then ``step()``: clip, update (fp16: unless the scaler skips it), schedule."""
 
-    def __init__(self, model: nn.Module, config: TrainConfig, total_steps: int, precision: Precision):
+    def __init__(self, model: TransformerLM, config: TrainConfig, total_steps: int, precision: Precision):
         self.model, self.config = model, config
         fused = model_device(model).type == "cuda"
         betas = (config.beta1, config.beta2)

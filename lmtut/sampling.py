@@ -40,8 +40,7 @@ def generate_text(
     with evaluating(model):
         states = ContextStates(model, kv_cache)
         for _ in range(max_tokens):
-            hidden = states.last_hidden(ids)
-            logits = model.classifier(hidden)[0, -1, : tokenizer.vocab_size].float()  # padded rows: never words
+            logits = states.next_log_probs(ids)[: tokenizer.vocab_size]  # the padded rows are never words
             nxt = sample(logits, [tokenizer.unk_id, tokenizer.pad_id, tokenizer.bos_id], temperature, top_k,
                          generator)
             ids.append(nxt)
@@ -52,22 +51,26 @@ def generate_text(
 
 
 class ContextStates:
-    """The encoder's state at the last token of the context: re-read over the last window at every token, or (with
-    the cache) from the new token alone while the text fits in the window."""
+    """The model's distribution after the last token of the context: the last window re-read at every token, or
+    (with the KV cache) the new token alone while the text fits in the window."""
 
     def __init__(self, model: nn.Module, kv_cache: bool = True):
-        self.encoder, self.use_cache = model.encoder, kv_cache
+        self.model, self.use_cache = model, kv_cache
         self.window, self.device = model.config.max_sequence_length, model_device(model)
         self.cache, self.cached = None, 0  # how many tokens of ids the cache holds
 
-    def last_hidden(self, ids: list[int]) -> torch.Tensor:
-        """(1, 1, d_model): the hidden state at ``ids[-1]``, from the last ``max_sequence_length`` tokens."""
+    def next_log_probs(self, ids: list[int]) -> torch.Tensor:
+        """(V,) float32: every word's log-probability after ``ids``, from its last ``max_sequence_length`` tokens."""
         if not self.use_cache:
-            return self.encoder(torch.tensor([ids[-self.window:]], device=self.device))[:, -1:]
-        if len(ids) > self.window or self.cache is None:  # a new window: read it whole into a fresh cache
-            self.cache, self.cached = self.encoder.new_cache(), max(len(ids) - self.window, 0)
-        new = torch.tensor([ids[self.cached + self.cache[0].length:]], device=self.device)
-        return self.encoder.forward_cached(new, self.cache)[:, -1:]
+            new = ids[-self.window:]
+        else:
+            if len(ids) > self.window or self.cache is None:  # a new window: read it whole into a fresh cache
+                self.cache, self.cached = self.model.new_kv_cache(), max(len(ids) - self.window, 0)
+            new = ids[self.cached + self.cache[0].length:]
+        last = torch.zeros(1, len(new), dtype=torch.bool, device=self.device)
+        last[0, -1] = True  # the softmax runs at the last position only
+        out = self.model(torch.tensor([new], device=self.device), kv_cache=self.cache, at=last)
+        return out.log_probs[-1].float()
 
 
 def sample(logits: torch.Tensor, banned: list[int], temperature: float, top_k: int | None,

@@ -21,9 +21,9 @@ from lmtut.runtime import Precision, model_device
 # Chapters 6 and 9: one way to score windows, shared by perplexity, the scored stream, dynamic evaluation and its
 # gradient statistics.
 #
-# A window's scored positions are those whose label is not padding. :func:`score_windows` runs the encoder over the
-# whole window (the context positions are needed for attention) and the classifier on the scored positions only,
-# asking it for each target's log-probability, never the whole distribution: with the adaptive softmax a tail
+# A window's scored positions are those whose label is not padding. :func:`score_windows` asks the model to read the
+# whole window (the context positions are needed for attention) and to run its softmax at the scored positions
+# only, for each target's log-probability, never the whole distribution: with the adaptive softmax a tail
 # cluster is touched only where a target lies in it. Whether gradients flow is the caller's choice
 # (``torch.no_grad()`` to measure, a backward pass to adapt).
 
@@ -61,9 +61,8 @@ def score_windows(model: nn.Module, input_ids: torch.Tensor, input_mask: torch.T
     """
     scored = labels != pad_id
     with precision.autocast() if precision is not None else contextlib.nullcontext():
-        hidden = model.encoder(input_ids, input_mask)[scored]  # (n, d): the softmax runs on scored positions only
-        log_probs = model.classifier.target_log_probs(hidden, labels[scored])
-    return WindowScores(log_probs, labels[scored], hidden)
+        out = model(input_ids, labels, input_mask=input_mask, at=scored)  # (n, ...): the scored positions
+    return WindowScores(out.target_log_probs, labels[scored], out.hidden)
 
 
 def scored_batches(model: nn.Module, dataset: LanguageModelingDataset, batch_size: int = 32,
@@ -93,7 +92,7 @@ def loss_by_position(model: nn.Module, ids: torch.Tensor, window: int, batch_siz
     with evaluating(model):
         for start in range(0, n, batch_size):
             x, y = inputs[start : start + batch_size].to(device), targets[start : start + batch_size].to(device)
-            total += -model(x, targets=y).float().sum(0).cpu()
+            total += -model(x, targets=y).target_log_probs.float().sum(0).cpu()
     return total / n
 
 

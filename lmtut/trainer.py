@@ -9,29 +9,21 @@ import contextlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from lmtut.callbacks import Callback
-from lmtut.checkpoint import (
-    CheckpointError,
-    RunInfo,
-    TrainingCheckpoint,
-    checkpoint_path,
-    list_checkpoints,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from lmtut.callbacks import Callback, StepRecord
+from lmtut.checkpoint import Checkpointer, RunInfo
 from lmtut.config import TrainConfig
 from lmtut.datasets import Batch, LanguageModelingDataset, StepBatches
-from lmtut.loss import PaddedSmoothedCrossEntropyLoss, needs_distribution
+from lmtut.loss import PaddedSmoothedCrossEntropyLoss
+from lmtut.model import TransformerLM
 from lmtut.optim import Optimization, TrainingDiverged, WeightAverage
-from lmtut.runtime import Precision, barrier, default_device, deferred_interrupts, enable_tf32, world
+from lmtut.runtime import Precision, default_device, deferred_interrupts, enable_tf32, world
 from lmtut.scoring import evaluate_perplexity
 
 # ----------------------------------------------------------------------------------------------------
@@ -69,13 +61,25 @@ class Progress:
 # ----------------------------------------------------------------------------------------------------
 # Chapter 6: the training loop (NeMo's ``NeuralModuleFactory`` + ``nf.train``).
 #
-# :meth:`Trainer.train` is the loop; its parts are named: the steps' batches (``lmtut.datasets``), the optimizer step
-# (``lmtut.optim``), the run's progress (``lmtut.trainer``) and checkpoints (``lmtut.checkpoint``). Callbacks
-# only observe (``lmtut.callbacks``: the progress bar and loss records, the metrics files).
+# :meth:`Trainer.train` is the loop. Its collaborators are named and handed what they need: the steps' batches
+# (``lmtut.datasets.StepBatches``), the optimizer step (``lmtut.optim.Optimization``), the run's progress
+# (:class:`Progress`), the checkpointer (``lmtut.checkpoint.Checkpointer``, given the stateful parts) and the
+# callbacks (``lmtut.callbacks``), which see a frozen record of each step and never the Trainer.
 
-__all__ = ["TrainConfig", "Trainer", "TrainingDiverged"]
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+@dataclass(frozen=True)
+class TrainResult:
+    """What :meth:`Trainer.train` returns: how far the run got and what its last evaluations measured."""
+
+    steps: int
+    tokens_seen: int
+    train_seconds: float  # of training steps only
+    skipped_steps: int  # steps that fp16's scaler skipped
+    evaluations: dict[str, dict[str, float]]  # per evaluated dataset, its last record ({step, NAME_nll, NAME_ppl})
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_seen / max(self.train_seconds, 1e-9)
 
 
 class Trainer:
@@ -84,26 +88,24 @@ class Trainer:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: TransformerLM,
         train_dataset: LanguageModelingDataset,
         config: TrainConfig,
         eval_datasets: dict[str, LanguageModelingDataset] | None = None,
-        loss_fn: LossFn | None = None,
+        loss_fn: PaddedSmoothedCrossEntropyLoss | None = None,
         callbacks: Sequence[Callback] = (),
         work_dir: str | Path | None = None,
         device: torch.device | str | None = None,
         run: RunInfo | None = None,
     ):
-        self.config, self.callbacks, self.run = config, list(callbacks), run
+        self.config, self.callbacks = config, list(callbacks)
         self.eval_datasets = eval_datasets or {}
-        self.work_dir = Path(work_dir) if work_dir is not None else None
         self.device = torch.device(device) if device is not None else default_device()
         self.world = world()
         self.model = model.to(self.device)  # the plain module: evaluation, checkpoints, generation
         self.wrapped_model = self._wrap(self.model)  # what the training step calls: DDP and/or compiled
         self.average = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
         self.loss_fn = loss_fn or PaddedSmoothedCrossEntropyLoss(train_dataset.pad_id, config.label_smoothing)
-        self.needs_distribution = needs_distribution(self.loss_fn)  # else the model scores the targets alone
         self.batches = StepBatches(train_dataset, config.batch_size, config.batches_per_step, config.seed,
                                    self.world, config.num_workers, pin_memory=self.device.type == "cuda")
         self.total_steps = config.max_steps or config.num_epochs * self.batches.steps_per_epoch
@@ -111,43 +113,48 @@ class Trainer:
         self.tf32 = self.precision.name == "fp32" and enable_tf32(self.device)
         self.optimization = Optimization(self.model, config, self.total_steps, self.precision)
         self.progress = Progress()
+        parts = {"progress": self.progress, "optimization": self.optimization}
+        parts |= {"average": self.average} if self.average is not None else {}
+        self.checkpointer = Checkpointer(
+            Path(work_dir) if work_dir is not None else None, self.model, parts, config.keep_checkpoints,
+            self.world, run, extra={"train_config": asdict(config), "precision": self.precision.name})
         self.sync_every = config.sync_every or (config.log_every if self.device.type == "cuda" else 1)
         self.last_eval: dict[str, dict[str, float]] = {}  # per evaluated dataset: its last record
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # set on device, read when synced
 
-    def _wrap(self, model: nn.Module) -> nn.Module:
+    def _wrap(self, model: TransformerLM) -> nn.Module:
         """DistributedDataParallel under torchrun (gradients all-reduced in buckets during backward), then
         optionally ``torch.compile``."""
         if self.world.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # an adaptive softmax leaves the tail clusters that no target of the batch reached without gradients
-            unused = getattr(model, "may_skip_parameters", False)
+            unused = model.may_skip_parameters
             model = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused)
         return torch.compile(model) if self.config.compile else model
 
     # ------------------------------------------------------------------------------------------- the loop
 
-    def train(self) -> "Trainer":
+    def train(self) -> TrainResult:
         """Train until ``total_steps``: each step, its callbacks, and at their intervals an evaluation and a
         checkpoint; at the end a last evaluation and checkpoint. A Ctrl-C takes effect between steps, after the
         step's evaluation and checkpoint, and saves a checkpoint then; ``resume()`` continues from it exactly."""
         self.model.train()
-        self.notify("on_train_start")
+        self.notify("on_train_start", self.record())
         try:
             for micro_batches, weights in self.remaining_steps():
                 with deferred_interrupts() as ctrl_c:
                     loss = self.train_step(micro_batches, weights)
-                    self.notify("on_step_end", loss)
-                    if self.due(self.config.eval_every):
+                    self.notify("on_step_end", self.record(loss))
+                    if self.is_step_of(self.config.eval_every):
                         self.evaluate()
-                    if self.due(self.config.checkpoint_every):
+                    if self.is_step_of(self.config.checkpoint_every):
                         self.save_checkpoint()
                 if ctrl_c:
                     raise KeyboardInterrupt
             with deferred_interrupts() as ctrl_c:
                 self.evaluate(unless_done=True)
                 self.save_checkpoint(unless_done=True)
-                self.notify("on_train_end")
+                self.notify("on_train_end", self.record())
             if ctrl_c:
                 raise KeyboardInterrupt
         except KeyboardInterrupt:
@@ -155,9 +162,9 @@ class Trainer:
             raise
         finally:
             self.notify("on_close")
-        return self
+        return self.result()
 
-    def remaining_steps(self):
+    def remaining_steps(self) -> Iterator[tuple[list[Batch], list[float]]]:
         """The steps from the current one to ``total_steps``, epoch after epoch: (micro-batches, loss weights)."""
         while self.progress.step < self.total_steps:
             for step in self.batches.epoch(self.progress.epoch, self.progress.step_in_epoch):
@@ -165,18 +172,33 @@ class Trainer:
                 if self.progress.step >= self.total_steps:
                     return
 
-    def due(self, every: int) -> bool:
+    def is_step_of(self, every: int) -> bool:
         """Whether this step is one of ``every``'s, before the last (which always evaluates and saves)."""
         return self.progress.step % every == 0 and self.progress.step < self.total_steps
 
+    def record(self, loss: torch.Tensor | None = None) -> StepRecord:
+        """Where training stands, for the callbacks."""
+        p, o = self.progress, self.optimization
+        return StepRecord(p.step, self.total_steps, o.lr, p.tokens_seen, p.train_seconds, self.world.is_main,
+                          loss, o.loss_scale, o.skipped_steps)
+
     def notify(self, event: str, *args) -> None:
+        """Call every callback's ``event``; what ``on_step_end`` returns is logged."""
         for cb in self.callbacks:
-            getattr(cb, event)(self, *args)
+            logged = getattr(cb, event)(*args)
+            if event == "on_step_end" and logged is not None:
+                self.log(logged)
 
     def log(self, record: dict[str, float]) -> None:
         """Hand a record (``step`` and figures) to every callback's ``on_log``; rank 0 only."""
         if self.world.is_main:
-            self.notify("on_log", record)
+            for cb in self.callbacks:
+                cb.on_log(record)
+
+    def result(self) -> TrainResult:
+        p = self.progress
+        return TrainResult(p.step, p.tokens_seen, p.train_seconds, self.optimization.skipped_steps,
+                           dict(self.last_eval))
 
     # ------------------------------------------------------------------------------------------- one step
 
@@ -215,8 +237,8 @@ class Trainer:
         with sync:
             with self.precision.autocast():
                 # Training windows are padded on the right only, which the causal mask hides: no key mask.
-                log_probs = self.wrapped_model(input_ids, targets=None if self.needs_distribution else labels)
-                loss = self.loss_fn(log_probs, labels) * weight
+                output = self.wrapped_model(input_ids, labels, distribution=self.loss_fn.needs_distribution)
+                loss = self.loss_fn.of_output(output, labels) * weight
             self.optimization.scale(loss).backward()
         return loss.detach()
 
@@ -234,7 +256,7 @@ class Trainer:
             return
         if bool(self._nonfinite):
             raise TrainingDiverged(
-                f"the loss became NaN or infinite by step {step or self.step}: training diverged. Lower --lr, "
+                f"the loss became NaN or infinite by step {step or self.progress.step}: training diverged. Lower --lr, "
                 "lengthen the warmup or set --clip_grad_norm; resume from the last checkpoint with --resume"
             )
 
@@ -248,104 +270,26 @@ class Trainer:
     def evaluate(self, unless_done: bool = False) -> dict[str, dict[str, float]]:
         """Perplexity of ``eval_model`` on every eval dataset (rank 0; the other ranks go on and wait for it at the
         next all-reduce), each logged as ``{step, NAME_nll, NAME_ppl}``. ``unless_done``: not if done at this step."""
-        if not self.world.is_main or (unless_done and self._done_at_this_step(self.last_eval)):
+        if not self.world.is_main or (unless_done and self._evaluated_at_this_step()):
             return self.last_eval
         for name, dataset in self.eval_datasets.items():
             nll, ppl = evaluate_perplexity(self.eval_model, dataset, self.config.eval_batch_size)
-            self.last_eval[name] = {"step": self.step, f"{name}_nll": nll, f"{name}_ppl": ppl}
+            self.last_eval[name] = {"step": self.progress.step, f"{name}_nll": nll, f"{name}_ppl": ppl}
             self.log(self.last_eval[name])
         return self.last_eval
 
-    def _done_at_this_step(self, records: dict[str, dict[str, float]]) -> bool:
-        return bool(records) and all(r["step"] == self.step for r in records.values())
+    def _evaluated_at_this_step(self) -> bool:
+        records = self.last_eval.values()
+        return bool(records) and all(r["step"] == self.progress.step for r in records)
 
     # ------------------------------------------------------------------------------------------- checkpoints
 
-    def checkpoint(self, gather_rng: bool = True) -> TrainingCheckpoint:
-        """Everything a resume needs. Under torchrun every rank must call it (the RNG states are gathered) unless
-        ``gather_rng=False``."""
-        trainer = {"progress": self.progress.state_dict(), "optimization": self.optimization.state_dict(),
-                   "rng": rng_state(), "train_config": asdict(self.config), "precision": self.precision.name}
-        if self.world.world_size > 1 and gather_rng:
-            ranks = [None] * self.world.world_size
-            dist.all_gather_object(ranks, trainer["rng"])  # each rank's dropout generator
-            trainer["rng_ranks"] = ranks
-        ema = self.average.state_dict() if self.average is not None else None
-        return TrainingCheckpoint(self.model.state_dict(), trainer, ema, self.run)
-
-    def restore(self, checkpoint: TrainingCheckpoint, source: str = "checkpoint") -> None:
-        """Continue from ``checkpoint``: weights, average, optimization, progress and random generators."""
-        saved = checkpoint.run.model_config if checkpoint.run else None
-        if saved is not None and self.run is not None and saved != self.run.model_config:
-            raise CheckpointError(f"{source} was made for a different model ({saved}); "
-                                  "use the same model arguments or another --work_dir")
-        try:
-            self.model.load_state_dict(checkpoint.model)
-        except RuntimeError as e:
-            raise CheckpointError(f"{source} does not fit this model: {str(e).splitlines()[0]}") from None
-        if self.average is not None:
-            if checkpoint.ema is None:
-                raise CheckpointError(f"{source} has no averaged weights (it was written with ema_decay 0); resume "
-                                      "it with --ema_decay 0, or start another --work_dir")
-            self.average.load_state_dict(checkpoint.ema)
-        state = checkpoint.trainer
-        self.optimization.load_state_dict(state["optimization"])
-        self.progress.load_state_dict(state["progress"])
-        ranks = state.get("rng_ranks")
-        set_rng_state(ranks[self.world.rank] if ranks and len(ranks) == self.world.world_size else state["rng"])
-
     def save_checkpoint(self, unless_done: bool = False, collective: bool = True) -> Path | None:
-        """Write the state atomically to the work dir (rank 0 only; none without a work dir), keeping the newest
-        ``keep_checkpoints``; every rank waits until it is on disk. ``unless_done``: not if saved at this step.
-        ``collective=False`` (on Ctrl-C, when other ranks may be gone) saves rank 0's state without talking to them.
-        """
-        if self.work_dir is None:
-            return None
-        path = checkpoint_path(self.work_dir, self.step)
-        if unless_done and path.is_file():
-            return path
-        self.check_finite()
-        state = self.checkpoint(gather_rng=collective).to_state()
-        if self.world.is_main:
-            save_checkpoint(state, path, self.config.keep_checkpoints)
-        if collective:
-            barrier()
-        return path
+        """The checkpointer saves this step's state (after a check that the model in memory is a good one)."""
+        if self.checkpointer.work_dir is not None:
+            self.check_finite()
+        return self.checkpointer.save(self.progress.step, unless_done, collective)
 
     def resume(self) -> bool:
-        """Load the newest checkpoint of the work dir; False when there is none."""
-        found = list_checkpoints(self.work_dir) if self.work_dir else []
-        if not found:
-            return False
-        self.restore(TrainingCheckpoint.read(found[-1], self.device), str(found[-1]))
-        return True
-
-    # ------------------------------------------------------------------------------------------- shortcuts
-
-    @property
-    def step(self) -> int:
-        return self.progress.step
-
-    @property
-    def tokens_seen(self) -> int:
-        return self.progress.tokens_seen
-
-    @property
-    def train_seconds(self) -> float:
-        return self.progress.train_seconds
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.batches.steps_per_epoch
-
-    @property
-    def skipped_steps(self) -> int:
-        return self.optimization.skipped_steps
-
-    @property
-    def lr(self) -> float:
-        return self.optimization.lr
-
-    @property
-    def loss_scale(self) -> float | None:
-        return self.optimization.loss_scale
+        """Continue from the newest checkpoint of the work dir; False when there is none."""
+        return self.checkpointer.resume(self.device)

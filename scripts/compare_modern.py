@@ -23,7 +23,6 @@ import argparse
 import json
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,8 +31,9 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import torch  # noqa: E402
 
-from lmtut import build_datasets, build_model, build_trainer, make_config, prepare, recipes  # noqa: E402
+from lmtut import make_config, prepare, train_variant  # noqa: E402
 from lmtut.book import compare  # noqa: E402
+from lmtut.config import BLOCK_2017 as BLOCK_OF_2017  # noqa: E402
 from lmtut.runtime import (
     atomic_write_json,  # noqa: E402
     provenance,  # noqa: E402
@@ -41,7 +41,7 @@ from lmtut.runtime import (
 
 PRESET = "cpu-demo"
 #: The block of Vaswani et al. (2017) as the cpu-demo recipe first had it, spelled out so the preset may change.
-BLOCK_2017 = {**recipes.BLOCK_2017, "optimizer_kind": "adamw"}
+BLOCK_2017 = {**BLOCK_OF_2017, "optimizer_kind": "adamw"}
 MUON = dict(optimizer_kind="muon", muon_lr=6e-3)
 VARIANTS: dict[str, dict] = {
     "2017 block": {},
@@ -59,14 +59,11 @@ OUT = ROOT / "results" / "modern" / "comparison.json"
 def train(variant: str | dict, seed: int, steps: int, corpus, tokenizer, valid_tokens: int) -> dict:
     """One run of ``variant`` (a name of :data:`VARIANTS`, or its settings) for ``steps`` steps: its validation
     perplexity, steps and seconds of training."""
-    work_dir = tempfile.mkdtemp(prefix="lmtut-modern-")
     settings = VARIANTS[variant] if isinstance(variant, str) else variant
     config = make_config(PRESET, **{**BLOCK_2017, **settings}, seed=seed, max_steps=steps, eval_every=10**9,
-                         checkpoint_every=10**9, keep_checkpoints=1, work_dir=work_dir)
-    datasets = build_datasets(config, corpus, tokenizer, eval_tokens=valid_tokens)
-    trainer = build_trainer(config, build_model(config, tokenizer), datasets, show_bar=False).train()
-    return {"steps": trainer.step, "seconds": trainer.train_seconds,
-            "valid_ppl": trainer.last_eval["valid"]["valid_ppl"]}
+                         checkpoint_every=10**9, keep_checkpoints=1)
+    done = train_variant(config, corpus, tokenizer, eval_tokens=valid_tokens).result
+    return {"steps": done.steps, "seconds": done.train_seconds, "valid_ppl": done.evaluations["valid"]["valid_ppl"]}
 
 
 def steps_per_second(variant: str, corpus, tokenizer, probe_steps: int) -> float:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import torch  # noqa: E402
 
-from lmtut import build_datasets, build_model, build_trainer, download_wikitext2, make_config, prepare  # noqa: E402
+from lmtut import download_wikitext2, make_config, prepare, train_variant  # noqa: E402
 from lmtut.book import compare  # noqa: E402
 from lmtut.corpus import small_corpus  # noqa: E402
 from lmtut.runtime import (
@@ -101,22 +101,19 @@ def report(path: Path) -> None:
 def train_one(variant: str, seed: int, extra: dict, threads: int, data_dir: str) -> dict:
     """One run: its validation and training-slice curves, best and last validation perplexity, its time."""
     torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory(prefix="lmtut-reg-") as work:
-        config = make_config(PRESET, seed=seed, work_dir=work, data_dir=data_dir, **(overrides(variant) | extra))
-        corpus, tokenizer = prepare(config, quiet=True)
-        datasets = build_datasets(config, corpus, tokenizer, EVAL_TOKENS)
-        model = build_model(config, tokenizer)
-        settings = {**vars(model.config), **vars(config.train)}  # read back from what was built
-        start = time.perf_counter()
-        trainer = build_trainer(config, model, datasets, show_bar=False).train()
-        seconds = time.perf_counter() - start
-        records = [json.loads(line) for line in (Path(work) / "metrics.jsonl").read_text().splitlines()]
+    config = make_config(PRESET, seed=seed, data_dir=data_dir, **(overrides(variant) | extra))
+    corpus, tokenizer = prepare(config, quiet=True)
+    start = time.perf_counter()
+    done = train_variant(config, corpus, tokenizer, EVAL_TOKENS)
+    seconds = time.perf_counter() - start
+    settings = {**vars(done.model.config), **vars(config.train)}  # read back from what was built
+    records = done.metrics
     valid = [(r["step"], r["valid_ppl"]) for r in records if "valid_ppl" in r]
     train = [(r["step"], r["train_ppl"]) for r in records if "train_ppl" in r]
     print(f"{variant:24s} seed {seed}: best valid {min(v for _, v in valid):7.1f}, last {valid[-1][1]:7.1f} "
           f"({seconds:.0f} s)", flush=True)
     return {"variant": variant, "seed": seed, "in_force": {name: settings[name] for name in REGULARIZERS},
-            "steps": trainer.step, "seconds": seconds,
+            "steps": done.result.steps, "seconds": seconds,
             "valid_ppl": valid, "train_ppl": train, "best_valid_ppl": min(v for _, v in valid),
             "last_valid_ppl": valid[-1][1], "last_train_ppl": train[-1][1]}
 

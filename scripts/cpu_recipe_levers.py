@@ -17,13 +17,12 @@ import argparse
 import json
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from lmtut import build_datasets, build_model, build_trainer, make_config, prepare, run  # noqa: E402
+from lmtut import make_config, prepare, run, train_variant  # noqa: E402
 from lmtut.runtime import atomic_write_json  # noqa: E402
 
 RECORD = ROOT / "results" / "runs" / "cpu-demo" / "results.json"
@@ -50,11 +49,9 @@ OUT = ROOT / "results" / "modern" / "cpu-recipe-levers.json"
 def steps_per_second(settings: dict, corpus, tokenizer, probe_steps: int) -> float:
     """A short timed run of these settings: how many of its steps a second of training holds."""
     config = make_config("cpu-demo", **{**settings, "max_steps": probe_steps, "eval_every": 10**9,
-                                        "checkpoint_every": 10**9, "keep_checkpoints": 1},
-                         work_dir=tempfile.mkdtemp(prefix="lmtut-probe-"))
-    datasets = build_datasets(config, corpus, tokenizer, eval_tokens=1000)
-    trainer = build_trainer(config, build_model(config, tokenizer), datasets, show_bar=False).train()
-    return trainer.step / trainer.train_seconds
+                                        "checkpoint_every": 10**9, "keep_checkpoints": 1})
+    done = train_variant(config, corpus, tokenizer, eval_tokens=1000).result
+    return done.steps / done.train_seconds
 
 
 def slug(name: str) -> str:

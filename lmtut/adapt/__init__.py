@@ -38,8 +38,8 @@ def calibrate_temperature(model: nn.Module, streams: dict[str, ScoredStream], tu
     """One softmax temperature (Guo et al., 2017) fitted on ``streams["valid"]``, applied to every stream."""
     start = time.perf_counter()
     tune = streams["valid"].first(tune_tokens)
-    T = fit_temperature(model.classifier, tune.hidden, tune.targets, show_bar=show_bar)
-    scores = {s: TokenScores(st.targets, temperature_log_probs(model.classifier, st.hidden, st.targets, T))
+    T = fit_temperature(model, tune.hidden, tune.targets, show_bar=show_bar)
+    scores = {s: TokenScores(st.targets, temperature_log_probs(model, st.hidden, st.targets, T))
               for s, st in streams.items()}
     report("temperature calibration", f"static model, T = {T:.3f} fitted on valid", scores)
     return {"method": "one softmax temperature (Guo et al., 2017) over every softmax of the classifier",

@@ -7,8 +7,8 @@ negative log-likelihood, and then applied, unchanged, to test: it can never be f
 With the adaptive softmax of Grave et al. (2017) a word's probability is a product of softmaxes, the head's (over
 the frequent words and one entry per tail cluster) and, for a rare word, its cluster's. The temperature divides the
 logits of every one of them: ``log p_T(w) = log softmax(z_head / T)[c(w)] + log softmax(z_c(w) / T)[w]``.
-:func:`logit_groups` takes the classifier apart into those softmaxes and works on their logits, whatever layers
-produce them. (Dividing the hidden state by T before the classifier is the same thing only when every projection
+:meth:`lmtut.TransformerLM.logit_groups` gives those softmaxes as logits, whatever layers produce them.
+(Dividing the hidden state by T before the classifier is the same thing only when every projection
 after it is linear without a bias, as the adaptive softmax's are; the full softmax's last layer has a bias, and
 ``classifier_layers > 1`` adds a nonlinearity. The tests check both against a classifier whose output weights and
 biases are divided by T.)
@@ -23,38 +23,12 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
-from lmtut.model import AdaptiveClassifier, TokenClassifier
-
-#: One softmax behind the targets of some positions: (their rows, (n, C) logits, the target's column (n,)).
-Group = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+from lmtut.model import TransformerLM
 
 
-def logit_groups(classifier: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> list[Group]:
-    """The softmaxes whose log-probabilities add up to each target's: one for a full softmax, the head's and one
-    per tail cluster that a target falls in for the adaptive softmax. ``hidden``: (N, d), ``targets``: (N,)."""
-    rows = torch.arange(len(targets), device=targets.device)
-    with torch.autocast(hidden.device.type, enabled=False):
-        hidden = hidden.float()
-        if isinstance(classifier, TokenClassifier):  # its log-probs are logits shifted by a constant per row
-            return [(rows, classifier(hidden).float(), targets)]
-        if not isinstance(classifier, AdaptiveClassifier):
-            raise TypeError(f"temperature calibration knows TokenClassifier and AdaptiveClassifier, "
-                            f"not {type(classifier).__name__}")
-        asm = classifier.asm
-        head_column = targets.clone()
-        groups = []
-        for i, (low, high) in enumerate(zip(asm.cutoffs[:-1], asm.cutoffs[1:])):
-            in_cluster = (targets >= low) & (targets < high)
-            if in_cluster.any():
-                head_column[in_cluster] = asm.shortlist_size + i
-                groups.append((rows[in_cluster], asm.tail[i](hidden[in_cluster]), targets[in_cluster] - low))
-        return [(rows, asm.head(hidden), head_column)] + groups
-
-
-def temperature_log_probs(classifier: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
+def temperature_log_probs(model: TransformerLM, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
                           chunk_size: int = 1024) -> torch.Tensor:
     """(N,) float64 log p_T(target) for hidden states (N, d) and targets (N,): every softmax's logits divided by T."""
     if not temperature > 0:
@@ -64,21 +38,21 @@ def temperature_log_probs(classifier: nn.Module, hidden: torch.Tensor, targets: 
         for start in range(0, len(targets), chunk_size):
             h, y = hidden[start:start + chunk_size], targets[start:start + chunk_size].to(hidden.device)
             total = torch.zeros(len(y), dtype=torch.float64, device=hidden.device)
-            for rows, logits, column in logit_groups(classifier, h, y):
+            for rows, logits, column in model.logit_groups(h, y):
                 picked = F.log_softmax(logits / temperature, dim=-1).gather(-1, column[:, None])[:, 0]
                 total.index_add_(0, rows, picked.double())
             out[start:start + len(y)] = total.cpu()
     return out
 
 
-def _newton_terms(classifier: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, beta: float,
+def _newton_terms(model: TransformerLM, hidden: torch.Tensor, targets: torch.Tensor, beta: float,
                   chunk_size: int) -> tuple[float, float]:
     """The first and second derivatives in beta of the NLL, summed over the tokens."""
     grad = curvature = 0.0
     with torch.no_grad():
         for start in range(0, len(targets), chunk_size):
             h, y = hidden[start:start + chunk_size], targets[start:start + chunk_size].to(hidden.device)
-            for _, z, column in logit_groups(classifier, h, y):
+            for _, z, column in model.logit_groups(h, y):
                 p = torch.softmax(beta * z, dim=-1)
                 mean = (p * z).sum(-1)
                 grad += (mean - z.gather(-1, column[:, None])[:, 0]).double().sum().item()
@@ -86,14 +60,14 @@ def _newton_terms(classifier: nn.Module, hidden: torch.Tensor, targets: torch.Te
     return grad, curvature
 
 
-def fit_temperature(classifier: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, max_iter: int = 20,
+def fit_temperature(model: TransformerLM, hidden: torch.Tensor, targets: torch.Tensor, max_iter: int = 20,
                     tol: float = 1e-5, chunk_size: int = 1024, show_bar: bool = True) -> float:
     """The temperature T that minimizes the NLL of ``targets`` given ``hidden`` (pass the validation split's)."""
     if len(targets) == 0:
         raise ValueError("no token to fit a temperature on")
     beta = 1.0
     for _ in tqdm(range(max_iter), desc="fitting the temperature", leave=False, disable=not show_bar):
-        grad, curvature = _newton_terms(classifier, hidden, targets, beta, chunk_size)
+        grad, curvature = _newton_terms(model, hidden, targets, beta, chunk_size)
         if curvature <= 0:  # every softmax is certain: no temperature changes anything
             break
         new_beta = min(max(beta - grad / curvature, beta / 4), beta * 4)  # a safeguarded Newton step
