@@ -1,13 +1,16 @@
-"""Chapter 9's benchmark: seconds per 1,000 scored tokens of dynamic evaluation, before and after a change.
+"""Chapter 9's benchmark: seconds per 1,000 scored tokens of dynamic evaluation, before
+and after a change.
 
-    python benchmarks/dynamic_eval.py runs/cpu-demo/checkpoints/ckpt-step0002000.pt --before 89a747c
-    python benchmarks/dynamic_eval.py --quick           # a tiny random model, a few windows: a smoke test (CI)
+    python benchmarks/dynamic_eval.py CHECKPOINT --before 89a747c
+    python benchmarks/dynamic_eval.py --quick  # a tiny random model: a smoke test (CI)
 
-``--before`` names a git revision: its ``lmtut/adapt/dynamic.py`` is loaded beside today's, and the two run one
-after the other, alternately (``--rounds`` times each), on the same windows of the validation split with the same
-gradient statistics and settings (the RMS rule, on one CPU thread as both do). Printed: each round's seconds per
-1,000 tokens, the medians and their ratio, and the perplexity each computed (the two must agree up to float
-rounding where the computation is the same; a change of the rule itself shows there too).
+``--before`` names a git revision: its ``lmtut/adapt/dynamic.py`` is loaded beside
+today's, and the two run one after the other, alternately (``--rounds`` times each), on
+the same windows of the validation split with the same gradient statistics and settings
+(the RMS rule, on one CPU thread as both do). Printed: each round's seconds per 1,000
+tokens, the medians and their ratio, and the perplexity each computed (the two must
+agree up to float rounding where the computation is the same; a change of the rule
+itself shows there too).
 """
 
 from __future__ import annotations
@@ -27,7 +30,13 @@ from pathlib import Path
 import torch
 from common import device_name, write_json
 
-from lmtut import LanguageModelingDataset, TransformerLM, TransformerLMConfig, WordTokenizer, prepare
+from lmtut import (
+    LanguageModelingDataset,
+    TransformerLM,
+    TransformerLMConfig,
+    WordTokenizer,
+    prepare,
+)
 from lmtut.adapt import dynamic as today
 from lmtut.datasets import split_dataset
 from lmtut.experiment import load_for_inference
@@ -37,9 +46,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def module_at(revision: str):
-    """Dynamic evaluation's module as it was at ``revision``, with the package of that revision around it: the whole
-    ``lmtut/`` of the revision, extracted and imported as ``lmtut_before``."""
-    archive = subprocess.run(["git", "archive", revision, "lmtut"], cwd=ROOT, capture_output=True, check=True).stdout
+    """Dynamic evaluation's module as it was at ``revision``, with the package of that
+    revision around it: the whole ``lmtut/`` of the revision, extracted and imported as
+    ``lmtut_before``."""
+    archive = subprocess.run(
+        ["git", "archive", revision, "lmtut"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
     folder = Path(tempfile.mkdtemp(prefix="lmtut-before-"))
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(folder, filter="data")
@@ -58,17 +70,33 @@ def module_at(revision: str):
 
 
 def windows_and_statistics(args):
-    """(model, validation windows, gradient statistics): the checkpoint's, or a tiny random model's (--quick)."""
+    """(model, validation windows, gradient statistics): the checkpoint's, or a tiny
+    random model's (--quick)."""
     if args.quick:
         torch.manual_seed(0)
-        tokenizer = WordTokenizer(tokens=["<pad>", "<unk>", "<eos>", "<bos>"] + [f"w{i}" for i in range(996)])
-        model = TransformerLM(TransformerLMConfig(vocab_size=tokenizer.vocab_size, d_model=32, num_layers=1,
-                                                  num_attn_heads=2, d_inner=64, max_sequence_length=16,
-                                                  tie_weights=False, softmax="adaptive",
-                                                  adaptive_cutoffs=(100, 400))).eval()
-        ids = torch.randint(4, tokenizer.vocab_size, (4000,), generator=torch.Generator().manual_seed(0))
+        tokenizer = WordTokenizer(
+            tokens=["<pad>", "<unk>", "<eos>", "<bos>"] + [f"w{i}" for i in range(996)]
+        )
+        model = TransformerLM(
+            TransformerLMConfig(
+                vocab_size=tokenizer.vocab_size,
+                d_model=32,
+                num_layers=1,
+                num_attn_heads=2,
+                d_inner=64,
+                max_sequence_length=16,
+                tie_weights=False,
+                softmax="adaptive",
+                adaptive_cutoffs=(100, 400),
+            )
+        ).eval()
+        ids = torch.randint(
+            4, tokenizer.vocab_size, (4000,), generator=torch.Generator().manual_seed(0)
+        )
         train = LanguageModelingDataset(tokenizer, ids[:3000], 16)
-        valid = LanguageModelingDataset(tokenizer, ids[3000:3000 + args.tokens], 16, 8)
+        valid = LanguageModelingDataset(
+            tokenizer, ids[3000 : 3000 + args.tokens], 16, 8
+        )
         return model, valid, today.gradient_rms(model, train, 8, show_bar=False)
     model, tokenizer, config = load_for_inference(args.checkpoint, torch.device("cpu"))
     corpus, _ = prepare(config, quiet=True)
@@ -82,12 +110,23 @@ def windows_and_statistics(args):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", nargs="?")
-    parser.add_argument("--before", default="HEAD", help="git revision of the code to compare with (default HEAD)")
-    parser.add_argument("--tokens", type=int, default=5000, help="the first N validation tokens")
+    parser.add_argument(
+        "--before",
+        default="HEAD",
+        help="git revision of the code to compare with (default HEAD)",
+    )
+    parser.add_argument(
+        "--tokens", type=int, default=5000, help="the first N validation tokens"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--decay", type=float, default=1e-3)
-    parser.add_argument("--stat_batches", type=int, default=None, help="gradient statistics from N batches only")
+    parser.add_argument(
+        "--stat_batches",
+        type=int,
+        default=None,
+        help="gradient statistics from N batches only",
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -100,27 +139,55 @@ def main() -> int:
     seconds: dict[str, list[float]] = {name: [] for name in codes}
     perplexity: dict[str, float] = {}
     warmup = valid.first(4 * valid.batch_step)
-    for code in codes.values():  # first calls (allocator, thread pools) are not what is compared
-        code.dynamic_evaluation(model, warmup, args.lr, "rms", args.decay, rms, show_bar=False)
+    # first calls (allocator, thread pools) are not what is compared
+    for code in codes.values():
+        code.dynamic_evaluation(
+            model, warmup, args.lr, "rms", args.decay, rms, show_bar=False
+        )
     for round_ in range(args.rounds):
         for name, code in codes.items():
             start = time.perf_counter()
-            scores = code.dynamic_evaluation(model, valid, args.lr, "rms", args.decay, rms, show_bar=False)
-            seconds[name].append(1000 * (time.perf_counter() - start) / scores.num_tokens)
+            scores = code.dynamic_evaluation(
+                model, valid, args.lr, "rms", args.decay, rms, show_bar=False
+            )
+            seconds[name].append(
+                1000 * (time.perf_counter() - start) / scores.num_tokens
+            )
             perplexity[name] = scores.perplexity
-            print(f"round {round_ + 1}, {name:6s}: {seconds[name][-1]:.3f} s per 1,000 tokens, "
-                  f"perplexity {scores.perplexity:.3f}", flush=True)
+            print(
+                f"round {round_ + 1}, {name:6s}: {seconds[name][-1]:.3f} s per 1,000 "
+                "tokens, "
+                f"perplexity {scores.perplexity:.3f}",
+                flush=True,
+            )
     median = {name: statistics.median(s) for name, s in seconds.items()}
     ratio = median["before"] / median["after"]
-    print(f"median seconds per 1,000 tokens: before ({args.before}) {median['before']:.3f}, after "
-          f"{median['after']:.3f}: {ratio:.2f}x faster, on {valid.num_targets:,} validation tokens, "
-          f"{device_name(torch.device('cpu'))}, {torch.get_num_threads()} threads available")
+    print(
+        f"median seconds per 1,000 tokens: before ({args.before}) "
+        f"{median['before']:.3f}, after "
+        f"{median['after']:.3f}: {ratio:.2f}x faster, on {valid.num_targets:,} "
+        "validation tokens, "
+        f"{device_name(torch.device('cpu'))}, {torch.get_num_threads()} threads "
+        "available"
+    )
     if args.json:
-        write_json(args.json, {
-            "command": "python benchmarks/dynamic_eval.py " + " ".join(sys.argv[1:]), "before": args.before,
-            "tokens": valid.num_targets, "rule": "rms", "lr": args.lr, "decay": args.decay,
-            "seconds_per_1000_tokens": seconds, "median": median, "speedup": ratio, "perplexity": perplexity,
-            **provenance(torch.device("cpu"))})
+        write_json(
+            args.json,
+            {
+                "command": "python benchmarks/dynamic_eval.py "
+                + " ".join(sys.argv[1:]),
+                "before": args.before,
+                "tokens": valid.num_targets,
+                "rule": "rms",
+                "lr": args.lr,
+                "decay": args.decay,
+                "seconds_per_1000_tokens": seconds,
+                "median": median,
+                "speedup": ratio,
+                "perplexity": perplexity,
+                **provenance(torch.device("cpu")),
+            },
+        )
     return 0
 
 

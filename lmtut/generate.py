@@ -1,10 +1,13 @@
-"""Chapter 6: ``python -m lmtut.generate CHECKPOINT --prompt TEXT`` (or ``lmtut-generate``): sample from a checkpoint.
+"""Chapter 6: ``python -m lmtut.generate CHECKPOINT --prompt TEXT`` (or
+``lmtut-generate``): sample from a checkpoint.
 
-    python -m lmtut.generate runs/cpu-demo/checkpoints/ckpt-step0000500.pt --prompt "The game" [--max_tokens 40]
+    python -m lmtut.generate runs/cpu-demo/checkpoints/ckpt-step0000500.pt
+        --prompt "The game" [--max_tokens 40]
         [--temperature 0.8] [--top_k 40] [--num_samples 1] [--seed 0]
 
-The sampling is :func:`lmtut.sampling.generate_text`; this module is its command line (NeMo's ``--interactive``
-mode, reading prompts in a loop, became this one-prompt command).
+The sampling is :func:`lmtut.sampling.generate_text`; this module is its command line
+(NeMo's ``--interactive`` mode, reading prompts in a loop, became this one-prompt
+command).
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from lmtut.sampling import generate_text
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lmtut.generate", description="Sample text from a checkpoint.")
+    p = argparse.ArgumentParser(
+        prog="python -m lmtut.generate", description="Sample text from a checkpoint."
+    )
     p.add_argument("checkpoint")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max_tokens", type=int, default=40)
@@ -29,9 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top_k", type=int, default=40)
     p.add_argument("--num_samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kv_cache", action=argparse.BooleanOptionalAction, default=True,
-                   help="keep the keys and values of the text read so far (--no-kv_cache: re-read the window at "
-                   "every word; the same words, slower)")
+    p.add_argument(
+        "--kv_cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the keys and values of the text read so far "
+        "(--no-kv_cache: re-read the window at "
+        "every word; the same words, slower)",
+    )
     args = p.parse_args(argv)
     try:
         model, tokenizer, _ = load_for_inference(args.checkpoint)
@@ -40,8 +50,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     g = torch.Generator().manual_seed(args.seed)
     for _ in range(args.num_samples):
-        text = generate_text(model, tokenizer, args.prompt, args.max_tokens, args.temperature, args.top_k, g,
-                             kv_cache=args.kv_cache)
+        text = generate_text(
+            model,
+            tokenizer,
+            args.prompt,
+            args.max_tokens,
+            args.temperature,
+            args.top_k,
+            g,
+            kv_cache=args.kv_cache,
+        )
         print(f"{args.prompt} {text}".replace(" <eos> ", "\n"))
     return 0
 

@@ -1,15 +1,18 @@
-"""Chapter 6: ``python -m lmtut.train`` (or ``lmtut-train``), NeMo's ``transformer_lm.py`` as a command line.
+"""Chapter 6: ``python -m lmtut.train`` (or ``lmtut-train``), NeMo's
+``transformer_lm.py`` as a command line.
 
     python -m lmtut.train --preset cpu-demo --work_dir runs/cpu-demo
     python -m lmtut.train --preset gpu-base --work_dir runs/gpu-base
-    python -m lmtut.train --work_dir runs/cpu-demo --resume          # continue an interrupted run
-    python -m lmtut.train --preset gpu-base --precision auto          # mixed precision (chapter 10)
-    torchrun --nproc_per_node=4 -m lmtut.train --preset gpu-base     # data parallel on 4 GPUs (chapter 11)
+    python -m lmtut.train --work_dir runs/cpu-demo --resume  # continue after Ctrl-C
+    python -m lmtut.train --preset gpu-base --precision auto  # mixed precision (ch. 10)
+    torchrun --nproc_per_node=4 -m lmtut.train --preset gpu-base  # 4 GPUs (chapter 11)
 
-Every setting of ``lmtut.config.RunConfig`` is a flag, generated from its dataclass field (type, default, and the
-comment beside the field as help); NeMo's flag names are aliases. This module is the command line only: the
-run itself is :func:`lmtut.experiment.run`. The work dir receives ``config.json``, ``metrics.jsonl``, TensorBoard
-events (``tensorboard/``), checkpoints (``checkpoints/``) and ``results.json``.
+Every setting of ``lmtut.config.RunConfig`` is a flag, generated from its dataclass
+field (type, default, and the comment beside the field as help); NeMo's flag names are
+aliases. This module is the command line only: the run itself is
+:func:`lmtut.experiment.run`. The work dir receives ``config.json``, ``metrics.jsonl``,
+TensorBoard events (``tensorboard/``), checkpoints (``checkpoints/``) and
+``results.json``.
 """
 
 from __future__ import annotations
@@ -43,14 +46,19 @@ SENTINEL = object()  # a flag that was not given
 
 
 def converter(annotation: Any) -> tuple[Callable[[str], Any], str]:
-    """The argparse ``type`` of a field's annotation, and its metavar: ``int``, ``float``, ``str``, or ``X | None``
-    (then ``none`` gives None)."""
+    """The argparse ``type`` of a field's annotation, and its metavar: ``int``,
+    ``float``, ``str``, or ``X | None`` (then ``none`` gives None)."""
     args = typing.get_args(annotation)
-    optional = (typing.get_origin(annotation) in (typing.Union, types.UnionType)) and type(None) in args
+    optional = (
+        typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    ) and type(None) in args
     inner = next(a for a in args if a is not type(None)) if optional else annotation
     if typing.get_origin(inner) is tuple:  # tuple[int, ...]: comma-separated
         item = typing.get_args(inner)[0]
-        parse, name = (lambda text: tuple(item(x) for x in text.split(","))), f"{item.__name__.upper()},..."
+        parse, name = (
+            (lambda text: tuple(item(x) for x in text.split(","))),
+            f"{item.__name__.upper()},...",
+        )
     else:
         parse, name = inner, inner.__name__.upper()
 
@@ -60,20 +68,37 @@ def converter(annotation: Any) -> tuple[Callable[[str], Any], str]:
         try:
             return parse(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {name.lower()}"
-                                             + (" or none" if optional else "")) from None
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {name.lower()}" + (" or none" if optional else "")
+            ) from None
 
     return convert, name + ("|none" if optional else "")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lmtut.train", description=__doc__.split("\n")[0],
-                                epilog="NeMo's flags " + ", ".join(f"--{a}" for a in NEMO_ALIASES)
-                                + " are accepted as aliases.")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe; other flags override it")
-    p.add_argument("--resume", action="store_true", help="continue from the work dir's last checkpoint")
-    p.add_argument("--work_dir", default=SENTINEL, metavar="DIR",
-                   help=f"where the run writes (default {RunConfig.work_dir})")
+    p = argparse.ArgumentParser(
+        prog="python -m lmtut.train",
+        description=__doc__.split("\n")[0],
+        epilog="NeMo's flags "
+        + ", ".join(f"--{a}" for a in NEMO_ALIASES)
+        + " are accepted as aliases.",
+    )
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="a named recipe; other flags override it",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the work dir's last checkpoint",
+    )
+    p.add_argument(
+        "--work_dir",
+        default=SENTINEL,
+        metavar="DIR",
+        help=f"where the run writes (default {RunConfig.work_dir})",
+    )
     aliases: dict[str, list[str]] = {}
     for alias, name in NEMO_ALIASES.items():
         aliases.setdefault(name, []).append(f"--{alias}")
@@ -87,27 +112,51 @@ def parser() -> argparse.ArgumentParser:
             help_text = (comments.get(f.name, "") + f" (default {default})").strip()
             flags = [f"--{f.name}", *aliases.get(f.name, [])]
             if hints[f.name] is bool:
-                group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=SENTINEL,
-                                   help=help_text)
+                group.add_argument(
+                    *flags,
+                    dest=f.name,
+                    action=argparse.BooleanOptionalAction,
+                    default=SENTINEL,
+                    help=help_text,
+                )
             else:
                 kind, metavar = converter(hints[f.name])
-                group.add_argument(*flags, dest=f.name, type=kind, metavar=metavar, default=SENTINEL,
-                                   help=help_text)
+                group.add_argument(
+                    *flags,
+                    dest=f.name,
+                    type=kind,
+                    metavar=metavar,
+                    default=SENTINEL,
+                    help=help_text,
+                )
     for name in RETIRED_NEMO_FLAGS:
         p.add_argument(f"--{name}", nargs="?", default=SENTINEL, help=argparse.SUPPRESS)
     return p
 
 
 def config_from_args(argv: list[str] | None) -> tuple[RunConfig, bool]:
-    """Defaults, then (with ``--resume``) the work dir's saved config.json, then the preset, then the flags."""
+    """Defaults, then (with ``--resume``) the work dir's saved config.json, then the
+    preset, then the flags."""
     p = parser()
     ns = p.parse_args(argv)
-    given = {k: v for k, v in vars(ns).items() if v is not SENTINEL and k not in ("preset", "resume")}
-    retired = [f"--{name}: {RETIRED_NEMO_FLAGS[name]}" for name in RETIRED_NEMO_FLAGS if name in given]
+    given = {
+        k: v
+        for k, v in vars(ns).items()
+        if v is not SENTINEL and k not in ("preset", "resume")
+    }
+    retired = [
+        f"--{name}: {RETIRED_NEMO_FLAGS[name]}"
+        for name in RETIRED_NEMO_FLAGS
+        if name in given
+    ]
     if retired:
         p.error("NeMo's flag is not used here; " + "; ".join(retired))
     saved = Path(given.get("work_dir", RunConfig.work_dir)) / "config.json"
-    base = RunConfig.from_dict(json.loads(saved.read_text())) if ns.resume and saved.is_file() else None
+    base = (
+        RunConfig.from_dict(json.loads(saved.read_text()))
+        if ns.resume and saved.is_file()
+        else None
+    )
     try:
         config = make_config(ns.preset, base=base, **given)
     except (ValueError, TypeError) as e:
@@ -119,19 +168,33 @@ def main(argv: list[str] | None = None) -> int:
     config, resume = config_from_args(argv)
     try:
         results = run(config, resume=resume)
-    except (CheckpointError, DataError, DeviceError, TrainingDiverged, ValueError, FileNotFoundError) as e:
+    except (
+        CheckpointError,
+        DataError,
+        DeviceError,
+        TrainingDiverged,
+        ValueError,
+        FileNotFoundError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"\ninterrupted: continue with the same command and --resume (work dir {config.work_dir})",
-              file=sys.stderr)
+        print(
+            f"\ninterrupted: continue with the same command and --resume (work dir "
+            f"{config.work_dir})",
+            file=sys.stderr,
+        )
         return 130
     finally:
         cleanup()
     if results is not None:
-        print(f"valid perplexity {results.valid_ppl:.2f}, test perplexity {results.test_ppl:.2f} "
-              f"({results.steps} steps, {results.tokens_per_s:,.0f} tokens/s, {results.wall_time_s:.0f} s); "
-              f"results in {Path(config.work_dir) / 'results.json'}")
+        print(
+            f"valid perplexity {results.valid_ppl:.2f}, test perplexity "
+            f"{results.test_ppl:.2f} "
+            f"({results.steps} steps, {results.tokens_per_s:,.0f} tokens/s, "
+            f"{results.wall_time_s:.0f} s); "
+            f"results in {Path(config.work_dir) / 'results.json'}"
+        )
     return 0
 
 
