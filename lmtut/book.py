@@ -13,6 +13,8 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from lmtut.loss import perplexity
+
 # --------------------------------------------------------------------------------------
 # The code on the page: chapters show the package's own source next to the prose that
 # explains it.
@@ -203,7 +205,7 @@ def unigram_perplexity(
     ``train_ids[1:]``."""
     counts = torch.bincount(train_ids[1:], minlength=vocab_size).double()
     probs = (counts + k) / (counts.sum() + k * vocab_size)
-    return math.exp(-probs[eval_ids[1:]].log().mean().item())
+    return perplexity(-probs[eval_ids[1:]].log().sum().item(), len(eval_ids) - 1)[1]
 
 
 def bigram_perplexity(
@@ -216,7 +218,7 @@ def bigram_perplexity(
     prev, nxt = eval_ids[:-1], eval_ids[1:]
     joint = _lookup(pairs, pair_counts, prev * vocab_size + nxt)
     probs = (joint + k) / (context_counts[prev] + k * vocab_size)
-    return math.exp(-probs.log().mean().item())
+    return perplexity(-probs.log().sum().item(), len(probs))[1]
 
 
 def tune_k(

@@ -137,7 +137,7 @@ class TrainingCheckpoint:
     trainer: dict[str, Any]
     # the weight average's state (its "model" is the averaged weights)
     ema: dict[str, Any] | None = None
-    run: RunInfo | None = None
+    run_info: RunInfo | None = None
 
     REQUIRED_TRAINER_STATE = ("progress", "optimization", "rng")
 
@@ -148,7 +148,7 @@ class TrainingCheckpoint:
             "model": self.model,
             "trainer": self.trainer,
             "ema": self.ema,
-            "run": None if self.run is None else asdict(self.run),
+            "run": None if self.run_info is None else asdict(self.run_info),
         }
 
     @classmethod
@@ -228,7 +228,7 @@ class Checkpointer:
     parts: dict[str, Stateful]
     keep: int = 3
     world: DistInfo = field(default_factory=DistInfo)
-    run: RunInfo | None = None
+    run_info: RunInfo | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def snapshot(self, gather_rng: bool = True) -> TrainingCheckpoint:
@@ -247,7 +247,7 @@ class Checkpointer:
             trainer["rng_ranks"] = ranks
         average = self.parts.get("average")
         ema = None if average is None else average.state_dict()
-        return TrainingCheckpoint(self.model.state_dict(), trainer, ema, self.run)
+        return TrainingCheckpoint(self.model.state_dict(), trainer, ema, self.run_info)
 
     def save(
         self, step: int, unless_done: bool = False, collective: bool = True
@@ -281,11 +281,11 @@ class Checkpointer:
     ) -> None:
         """Continue from ``checkpoint``: weights, average, optimization, progress and
         random generators."""
-        saved = checkpoint.run.model_config if checkpoint.run else None
+        saved = checkpoint.run_info.model_config if checkpoint.run_info else None
         if (
             saved is not None
-            and self.run is not None
-            and saved != self.run.model_config
+            and self.run_info is not None
+            and saved != self.run_info.model_config
         ):
             raise CheckpointError(
                 f"{source} was made for a different model ({saved}); "

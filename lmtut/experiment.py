@@ -154,7 +154,7 @@ def build_trainer(
         callbacks=standard_callbacks(config, show_bar),
         work_dir=config.work_dir,
         device=device,
-        run=run_info,
+        run_info=run_info,
     )
 
 
@@ -291,13 +291,13 @@ def load_for_inference(
     the model it evaluated.
     """
     checkpoint = TrainingCheckpoint.read(path)
-    if checkpoint.run is None:
+    if checkpoint.run_info is None:
         raise CheckpointError(
             f"{path} has no run config or vocabulary: not a "
             "checkpoint written by lmtut.train"
         )
-    config = RunConfig.from_dict(checkpoint.run.run_config)
-    tokenizer = WordTokenizer(tokens=checkpoint.run.vocab)
+    config = RunConfig.from_dict(checkpoint.run_info.run_config)
+    tokenizer = WordTokenizer(tokens=checkpoint.run_info.vocab)
     model = TransformerLM(config.model.with_vocab(tokenizer.vocab_size))
     load_weights(model, checkpoint.weights(), str(path))
     return model.to(device or default_device()).eval(), tokenizer, config

@@ -31,7 +31,7 @@ def perplexity(total_nll: float, count: int) -> tuple[float, float]:
     NLL of ``count`` tokens: the package's one reduction to a perplexity, for a batch, a
     split or a stream."""
     if count == 0:
-        raise ValueError("no target to score: every target is padding")
+        raise ValueError("no token to score: every target is padding, or there is none")
     nll = total_nll / count
     return nll, math.exp(nll)
 

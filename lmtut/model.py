@@ -445,6 +445,10 @@ def attention_maps(model: nn.Module) -> Iterator[list[torch.Tensor]]:
     def record(
         module: CausalSelfAttention, args: tuple, kwargs: dict, output: torch.Tensor
     ) -> None:
+        if kwargs.get("cache") is not None:
+            raise ValueError(
+                "attention_maps draws whole windows: call the model without a KV cache"
+            )
         with torch.no_grad():
             maps.append(module.weights(*args, mask=kwargs.get("mask")))
 

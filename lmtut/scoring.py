@@ -6,7 +6,6 @@ of the package is reduced here.
 from __future__ import annotations
 
 import contextlib
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -16,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lmtut.datasets import LanguageModelingDataLayer, LanguageModelingDataset
+from lmtut.loss import perplexity
 from lmtut.runtime import Precision, model_device
 
 # --------------------------------------------------------------------------------------
@@ -154,8 +154,7 @@ def evaluate_perplexity(
         for scores in scored_batches(model, dataset, batch_size):
             total -= scores.log_probs.double().sum().item()
             count += len(scores.targets)
-    nll = total / max(count, 1)
-    return nll, math.exp(nll)
+    return perplexity(total, count)
 
 
 # --------------------------------------------------------------------------------------
@@ -201,13 +200,11 @@ class TokenScores:
     @property
     def nll(self) -> float:
         """Mean negative log-likelihood in nats per token."""
-        if self.num_tokens == 0:
-            raise ValueError("no token was scored")
-        return -self.log_probs.double().mean().item()
+        return perplexity(-self.log_probs.double().sum().item(), self.num_tokens)[0]
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.nll)
+        return perplexity(-self.log_probs.double().sum().item(), self.num_tokens)[1]
 
 
 @dataclass

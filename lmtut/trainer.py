@@ -111,7 +111,7 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         work_dir: str | Path | None = None,
         device: torch.device | str | None = None,
-        run: RunInfo | None = None,
+        run_info: RunInfo | None = None,
     ):
         self.config, self.callbacks = config, list(callbacks)
         self.eval_datasets = eval_datasets or {}
@@ -153,7 +153,7 @@ class Trainer:
             parts,
             config.keep_checkpoints,
             self.world,
-            run,
+            run_info,
             extra={"train_config": asdict(config), "precision": self.precision.name},
         )
         self.sync_every = config.sync_every or (

@@ -1,4 +1,5 @@
-"""Chapter 11: torchrun with 2 Gloo processes on CPU gives the single-process losses; only rank 0 writes."""
+"""Chapter 11: torchrun with 2 Gloo processes on CPU gives the single-process losses;
+only rank 0 writes."""
 
 from __future__ import annotations
 
@@ -15,17 +16,31 @@ from helpers import TINY
 from lmtut.checkpoint import list_checkpoints
 from lmtut.runtime import DistInfo, init_distributed, world
 
-ARGS = TINY + ["--dropout", "0", "--log_every", "1", "--max_steps", "6"]  # 4 windows a step: 2 per rank
+# 4 windows a step: 2 per rank
+ARGS = TINY + ["--dropout", "0", "--log_every", "1", "--max_steps", "6"]
 
 
-def launch(corpus: Path, work_dir: Path, nproc: int, *extra: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+def launch(
+    corpus: Path, work_dir: Path, nproc: int, *extra: str
+) -> subprocess.CompletedProcess:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    }
     env["CUDA_VISIBLE_DEVICES"] = ""  # CPU and Gloo, whatever the machine
     if nproc == 1:
         cmd = [sys.executable, "-m", "lmtut.train"]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "lmtut.train"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "lmtut.train",
+        ]
     cmd += ARGS + ["--data_dir", str(corpus), "--work_dir", str(work_dir), *extra]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -33,9 +48,14 @@ def launch(corpus: Path, work_dir: Path, nproc: int, *extra: str) -> subprocess.
 
 
 def losses(work_dir: Path) -> dict[int, float]:
-    records = [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line)
+        for line in (work_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     steps = [r["step"] for r in records if "loss" in r]
-    assert len(steps) == len(set(steps)), "a step was logged twice: more than one rank wrote"
+    assert len(steps) == len(set(steps)), (
+        "a step was logged twice: more than one rank wrote"
+    )
     return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
@@ -49,16 +69,29 @@ def test_two_ranks_match_one_and_only_rank0_writes(corpus, tmp_path):
     two = launch(corpus, tmp_path / "two", 2)
     assert "2 process(es)" in two.stderr and two.stdout.count("valid perplexity") == 1
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
-    a, b = (json.loads((tmp_path / run / "results.json").read_text()) for run in ("one", "two"))
+    a, b = (
+        json.loads((tmp_path / run / "results.json").read_text())
+        for run in ("one", "two")
+    )
     assert b["world_size"] == 2 and b["tokens"] == a["tokens"]
     assert b["valid_ppl"] == pytest.approx(a["valid_ppl"], rel=1e-4)
-    files = sorted(str(p.relative_to(tmp_path / "two")) for p in (tmp_path / "two").rglob("*") if p.is_file())
+    files = sorted(
+        str(p.relative_to(tmp_path / "two"))
+        for p in (tmp_path / "two").rglob("*")
+        if p.is_file()
+    )
     assert [f for f in files if not f.startswith("tensorboard/")] == [
-        "checkpoints/ckpt-step0000004.pt", "checkpoints/ckpt-step0000006.pt", "config.json", "metrics.jsonl",
-        "results.json"]
-    assert len(list((tmp_path / "two" / "tensorboard").iterdir())) == 1  # one event file: rank 0's
+        "checkpoints/ckpt-step0000004.pt",
+        "checkpoints/ckpt-step0000006.pt",
+        "config.json",
+        "metrics.jsonl",
+        "results.json",
+    ]
+    # one event file: rank 0's
+    assert len(list((tmp_path / "two" / "tensorboard").iterdir())) == 1
 
-    # Resume under torchrun: drop the last checkpoint, go on from step 4, get the same steps 5 and 6.
+    # Resume under torchrun: drop the last checkpoint, go on from step 4, get the same
+    # steps 5 and 6.
     list_checkpoints(tmp_path / "two")[-1].unlink()
     launch(corpus, tmp_path / "two", 2, "--resume")
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
@@ -66,24 +99,66 @@ def test_two_ranks_match_one_and_only_rank0_writes(corpus, tmp_path):
 
 def test_global_batch_must_divide(corpus, tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "-m", "lmtut.train",
-           *ARGS, "--data_dir", str(corpus), "--work_dir", str(tmp_path / "w")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=3",
+        "-m",
+        "lmtut.train",
+        *ARGS,
+        "--data_dir",
+        str(corpus),
+        "--work_dir",
+        str(tmp_path / "w"),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode != 0 and "must divide among 3 ranks" in done.stderr
 
 
 def test_adaptive_softmax_under_torchrun(corpus, tmp_path):
-    # Tiny cutoffs and 2 windows per rank: some steps leave a tail cluster without a target, hence without gradients.
-    adaptive = ["--softmax", "adaptive", "--no-tie_weights", "--adaptive_cutoffs", "6,24"]
+    # Tiny cutoffs and 2 windows per rank: some steps leave a tail cluster without a
+    # target, hence without gradients.
+    adaptive = [
+        "--softmax",
+        "adaptive",
+        "--no-tie_weights",
+        "--adaptive_cutoffs",
+        "6,24",
+    ]
     launch(corpus, tmp_path / "one", 1, *adaptive)
     launch(corpus, tmp_path / "two", 2, *adaptive)
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
 
 
 def test_the_modern_block_with_muon_under_torchrun(corpus, tmp_path):
-    # Muon orthogonalizes each matrix's whole gradient: it must see the all-reduced one, as AdamW does.
-    modern = ["--norm", "rms", "--positions", "rope", "--activation", "swiglu", "--no-bias", "--qk_norm",
-              "--optimizer_kind", "muon", "--muon_lr", "0.02"]
+    # Muon orthogonalizes each matrix's whole gradient: it must see the all-reduced one,
+    # as AdamW does. torch.optim.Muon orthogonalizes in bfloat16: where the two runs'
+    # fp32 gradients differ in their last bits (the all-reduce adds in another order),
+    # an element of the update can round to the neighbouring bf16 number, 2^-8 of it
+    # apart, and which elements do depends on the CPU's bf16 kernels (AVX-512, AMX). To
+    # first order the loss then differs by at most 2^-8 of what the updates changed it
+    # by since the first step, plus float32 rounding (the AdamW test's 1e-5).
+    modern = [
+        "--norm",
+        "rms",
+        "--positions",
+        "rope",
+        "--activation",
+        "swiglu",
+        "--no-bias",
+        "--qk_norm",
+        "--optimizer_kind",
+        "muon",
+        "--muon_lr",
+        "0.02",
+    ]
     launch(corpus, tmp_path / "one", 1, *modern)
     launch(corpus, tmp_path / "two", 2, *modern)
-    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(two) == sorted(one)
+    first = one[min(one)]
+    for step, loss in one.items():
+        bound = 2**-8 * abs(loss - first) + 1e-5 * abs(loss)
+        assert abs(two[step] - loss) <= bound, (step, loss, two[step], bound)

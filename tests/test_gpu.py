@@ -1,5 +1,6 @@
-"""The GPU tier: the Trainer on CUDA in each precision, torch.compile, evaluation and checkpoints on CUDA, and two
-NCCL processes. Skipped, with the reason shown, where there is no GPU or ``LMTUT_DEVICE`` asks for the CPU."""
+"""The GPU tier: the Trainer on CUDA in each precision, torch.compile, evaluation and
+checkpoints on CUDA, and two NCCL processes. Skipped, with the reason shown, where there
+is no GPU or ``LMTUT_DEVICE`` asks for the CPU."""
 
 from __future__ import annotations
 
@@ -13,19 +14,33 @@ import torch
 from helpers import TINY, Recorder, tiny_model
 
 import lmtut.train as train_cli
-from lmtut import LanguageModelingDataset, TrainConfig, Trainer, default_device, evaluate_perplexity, load_for_inference
+from lmtut import (
+    LanguageModelingDataset,
+    TrainConfig,
+    Trainer,
+    default_device,
+    evaluate_perplexity,
+    load_for_inference,
+)
 from lmtut.checkpoint import list_checkpoints
 
 ON_GPU = default_device().type == "cuda"
-pytestmark = pytest.mark.skipif(not ON_GPU, reason="GPU tier: no CUDA GPU here, or LMTUT_DEVICE asks for another "
-                                                   "device")
+pytestmark = pytest.mark.skipif(
+    not ON_GPU,
+    reason="GPU tier: no CUDA GPU here, or LMTUT_DEVICE asks for another device",
+)
 
 
 def train(tokenizer, corpus, precision="fp32", steps=30, **kw):
-    ds = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
+    ds = LanguageModelingDataset(
+        tokenizer, corpus / "train.txt", max_sequence_length=16
+    )
     rec = Recorder()
-    config = TrainConfig(batch_size=8, max_steps=steps, lr=1e-2, precision=precision, **kw)
-    trainer = Trainer(tiny_model(tokenizer), ds, config, callbacks=[rec], device="cuda").train()
+    config = TrainConfig(
+        batch_size=8, max_steps=steps, lr=1e-2, precision=precision, **kw
+    )
+    trainer = Trainer(tiny_model(tokenizer), ds, config, callbacks=[rec], device="cuda")
+    trainer.train()
     return trainer, list(rec.losses.values())
 
 
@@ -38,7 +53,8 @@ def test_each_precision_trains_on_cuda(tokenizer, corpus, precision):
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-5:]) / 5 < 0.75 * sum(losses[:5]) / 5, losses
     assert trainer.optimization.scaler.is_enabled() == (precision == "amp-fp16")
-    assert next(trainer.model.parameters()).dtype == torch.float32  # fp32 master weights
+    # fp32 master weights
+    assert next(trainer.model.parameters()).dtype == torch.float32
 
 
 def test_compiled_model_trains_like_the_eager_one(tokenizer, corpus):
@@ -49,35 +65,85 @@ def test_compiled_model_trains_like_the_eager_one(tokenizer, corpus):
 
 def test_evaluation_and_checkpoint_round_trip_on_cuda(tokenizer, corpus, tmp_path):
     work = tmp_path / "run"
-    assert train_cli.main(TINY + ["--data_dir", str(corpus), "--work_dir", str(work), "--max_steps", "6"]) == 0
+    assert (
+        train_cli.main(
+            TINY
+            + ["--data_dir", str(corpus), "--work_dir", str(work), "--max_steps", "6"]
+        )
+        == 0
+    )
     results = json.loads((work / "results.json").read_text())
     assert results["device"].startswith("cuda")
     model, tok, config = load_for_inference(list_checkpoints(work)[-1])
     assert next(model.parameters()).device.type == "cuda"
-    valid = LanguageModelingDataset(tok, corpus / "valid.txt", config.model.max_sequence_length,
-                                    config.data.predict_last_k)
+    valid = LanguageModelingDataset(
+        tok,
+        corpus / "valid.txt",
+        config.model.max_sequence_length,
+        config.data.predict_last_k,
+    )
     _, on_gpu = evaluate_perplexity(model, valid)
     _, on_cpu = evaluate_perplexity(model.cpu(), valid)
     assert on_gpu == pytest.approx(on_cpu, rel=1e-4)
     assert on_gpu == pytest.approx(results["valid_ppl"], rel=1e-4)
     ds = LanguageModelingDataset(tok, corpus / "train.txt", max_sequence_length=16)
-    trainer = Trainer(tiny_model(tok), ds, TrainConfig(batch_size=4, max_steps=2), device="cuda",
-                      work_dir=tmp_path / "ckpt").train()
-    resumed = Trainer(tiny_model(tok), ds, TrainConfig(batch_size=4, max_steps=2), device="cuda",
-                      work_dir=tmp_path / "ckpt")
-    assert resumed.resume() and resumed.step == trainer.step == 2
+    trained = Trainer(
+        tiny_model(tok),
+        ds,
+        TrainConfig(batch_size=4, max_steps=2),
+        device="cuda",
+        work_dir=tmp_path / "ckpt",
+    ).train()
+    resumed = Trainer(
+        tiny_model(tok),
+        ds,
+        TrainConfig(batch_size=4, max_steps=2),
+        device="cuda",
+        work_dir=tmp_path / "ckpt",
+    )
+    assert resumed.resume() and resumed.progress.step == trained.steps == 2
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs for a two-process NCCL run")
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason="needs two GPUs for a two-process NCCL run"
+)
 def test_two_nccl_processes_give_the_single_process_losses(corpus, tmp_path):
-    args = TINY + ["--dropout", "0", "--log_every", "1", "--max_steps", "6", "--data_dir", str(corpus)]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    args = TINY + [
+        "--dropout",
+        "0",
+        "--log_every",
+        "1",
+        "--max_steps",
+        "6",
+        "--data_dir",
+        str(corpus),
+    ]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    }
     runs = {}
     for n in (1, 2):
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
-        done = subprocess.run(launcher + ["-m", "lmtut.train", *args, "--work_dir", str(tmp_path / str(n))],
-                              capture_output=True, text=True, env=env, timeout=600)
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={n}",
+        ]
+        done = subprocess.run(
+            launcher
+            + ["-m", "lmtut.train", *args, "--work_dir", str(tmp_path / str(n))],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
-        records = [json.loads(line) for line in (tmp_path / str(n) / "metrics.jsonl").read_text().splitlines()]
+        records = [
+            json.loads(line)
+            for line in (tmp_path / str(n) / "metrics.jsonl").read_text().splitlines()
+        ]
         runs[n] = [r["loss"] for r in records if "loss" in r]
     assert runs[2] == pytest.approx(runs[1], rel=1e-4)

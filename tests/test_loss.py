@@ -8,7 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmtut import PaddedSmoothedCrossEntropyLoss, nll_and_perplexity
+from lmtut import (
+    LMOutput,
+    PaddedSmoothedCrossEntropyLoss,
+    TrainConfig,
+    nll_and_perplexity,
+    perplexity,
+)
 
 PAD = 0
 
@@ -27,7 +33,9 @@ def test_equals_pytorch_cross_entropy(eps, seed, pad_share):
     logits, targets = batch(seed, pad_share=pad_share)
     targets[0, 0] = 3  # at least one real target
     ours = PaddedSmoothedCrossEntropyLoss(PAD, eps)(F.log_softmax(logits, -1), targets)
-    theirs = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=PAD, label_smoothing=eps)
+    theirs = F.cross_entropy(
+        logits.transpose(1, 2), targets, ignore_index=PAD, label_smoothing=eps
+    )
     assert torch.allclose(ours, theirs, rtol=1e-10, atol=1e-12)
 
 
@@ -36,7 +44,9 @@ def test_gradients_equal_pytorch(eps):
     logits, targets = batch(3)
     a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
     PaddedSmoothedCrossEntropyLoss(PAD, eps)(F.log_softmax(a, -1), targets).backward()
-    F.cross_entropy(b.transpose(1, 2), targets, ignore_index=PAD, label_smoothing=eps).backward()
+    F.cross_entropy(
+        b.transpose(1, 2), targets, ignore_index=PAD, label_smoothing=eps
+    ).backward()
     assert torch.allclose(a.grad, b.grad, atol=1e-12)
     assert torch.all(a.grad[targets == PAD] == 0)  # padding positions get no gradient
 
@@ -49,22 +59,34 @@ def test_all_padding_batch_gives_zero_not_nan():
     assert loss.item() == 0.0
     loss.backward()
     assert torch.all(x.grad == 0)
-    assert torch.isnan(F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=PAD))  # what PyTorch does
+    # what PyTorch does
+    assert torch.isnan(
+        F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=PAD)
+    )
 
 
 def test_seed_variant_gives_the_target_exactly_one_minus_eps():
     V, eps = 5, 0.2
-    # With log p = log q for the smoothed target q, the loss is the entropy of q, minimal over p.
-    for exclude, q_target, q_other in [(False, 1 - eps + eps / V, eps / V), (True, 1 - eps, eps / (V - 1))]:
+    # With log p = log q for the smoothed target q, the loss is the entropy of q,
+    # minimal over p.
+    for exclude, q_target, q_other in [
+        (False, 1 - eps + eps / V, eps / V),
+        (True, 1 - eps, eps / (V - 1)),
+    ]:
         q = torch.full((1, 1, V), q_other, dtype=torch.float64)
         q[0, 0, 2] = q_target
-        loss = PaddedSmoothedCrossEntropyLoss(PAD, eps, exclude_target=exclude)(q.log(), torch.tensor([[2]]))
+        loss = PaddedSmoothedCrossEntropyLoss(PAD, eps, exclude_target=exclude)(
+            q.log(), torch.tensor([[2]])
+        )
         assert math.isclose(loss.item(), -(q * q.log()).sum().item(), rel_tol=1e-12)
 
 
 def test_unsmoothed_perplexity_by_hand():
     # two real targets with probabilities 1/2 and 1/8, one padding position
-    probs = torch.tensor([[[0.25, 0.5, 0.25], [0.25, 0.25, 0.5], [0.75, 0.125, 0.125]]], dtype=torch.float64)
+    probs = torch.tensor(
+        [[[0.25, 0.5, 0.25], [0.25, 0.25, 0.5], [0.75, 0.125, 0.125]]],
+        dtype=torch.float64,
+    )
     nll, ppl = nll_and_perplexity(probs.log(), torch.tensor([[1, PAD, 2]]), PAD)
     assert math.isclose(nll, (math.log(2) + math.log(8)) / 2)
     assert math.isclose(ppl, 4.0)  # the geometric mean of 2 and 8
@@ -73,17 +95,41 @@ def test_unsmoothed_perplexity_by_hand():
 
 
 def test_bad_smoothing():
+    # the range is checked where it is set, in the train config (the loss no longer
+    # checks it)
     with pytest.raises(ValueError, match=r"label_smoothing must lie in \[0, 1\)"):
-        PaddedSmoothedCrossEntropyLoss(PAD, 1.0)
+        TrainConfig(label_smoothing=1.0)
 
 
 def test_the_loss_takes_the_targets_log_probabilities_alone():
     log_probs = F.log_softmax(torch.randn(2, 5, 11, dtype=torch.float64), -1)
     targets = torch.tensor([[1, 2, 0, 4, 5], [0, 0, 7, 8, 9]])
     picked = log_probs.gather(-1, targets[..., None]).squeeze(-1)
-    plain = PaddedSmoothedCrossEntropyLoss(0)
-    assert not plain.needs_distribution and PaddedSmoothedCrossEntropyLoss(0, 0.1).needs_distribution
-    assert torch.allclose(plain(picked, targets), plain(log_probs, targets))
-    assert nll_and_perplexity(picked, targets, 0) == pytest.approx(nll_and_perplexity(log_probs, targets, 0))
-    with pytest.raises(ValueError, match="label smoothing needs the whole"):
-        PaddedSmoothedCrossEntropyLoss(0, 0.1)(picked, targets)
+    hidden = torch.zeros(2, 5, 4)
+    plain, smoothed = (
+        PaddedSmoothedCrossEntropyLoss(0),
+        PaddedSmoothedCrossEntropyLoss(0, 0.1),
+    )
+    assert not plain.needs_distribution and smoothed.needs_distribution
+    targets_only = LMOutput(hidden, target_log_probs=picked)
+    assert torch.allclose(
+        plain.of_output(targets_only, targets), plain(log_probs, targets)
+    )
+    # the perplexity of the targets' log-probabilities alone, through the one reduction,
+    # is the distribution's
+    real = targets != 0
+    assert perplexity(-picked[real].sum().item(), int(real.sum())) == pytest.approx(
+        nll_and_perplexity(log_probs, targets, 0)
+    )
+    with pytest.raises(ValueError, match="every target is padding"):
+        perplexity(0.0, 0)
+    # smoothing reads the whole distribution, never the targets' log-probabilities (the
+    # loss no longer takes a (B, T) input and refuses to smooth it: of_output picks what
+    # it reads)
+    output = LMOutput(
+        hidden, log_probs=log_probs, target_log_probs=torch.zeros_like(picked)
+    )
+    assert torch.allclose(
+        smoothed.of_output(output, targets), smoothed(log_probs, targets)
+    )
+    assert not torch.allclose(smoothed(log_probs, targets), plain(log_probs, targets))

@@ -1,4 +1,5 @@
-"""The modern block's options (RMSNorm, rotary positions, SwiGLU, no biases, QK-norm), Muon, and the KV cache."""
+"""The modern block's options (RMSNorm, rotary positions, SwiGLU, no biases, QK-norm),
+Muon, and the KV cache."""
 
 from __future__ import annotations
 
@@ -20,20 +21,34 @@ from lmtut import (
     evaluate_perplexity,
     generate_text,
 )
-from lmtut.model import CausalSelfAttention, apply_rotary, attention_reference, rotary_angles
+from lmtut.model import (
+    CausalSelfAttention,
+    apply_rotary,
+    attention_reference,
+    rotary_angles,
+)
 from lmtut.optim import MuonAdamW, newton_schulz
 from lmtut.scoring import loss_by_position
 
-MODERN = dict(norm="rms", positions="rope", activation="swiglu", bias=False, qk_norm=True)
+MODERN = dict(
+    norm="rms", positions="rope", activation="swiglu", bias=False, qk_norm=True
+)
 
 
 def config(vocab_size=50, **kw):
-    base = dict(vocab_size=vocab_size, d_model=32, num_layers=2, num_attn_heads=4, d_inner=64,
-                max_sequence_length=16, dropout=0.0)
+    base = dict(
+        vocab_size=vocab_size,
+        d_model=32,
+        num_layers=2,
+        num_attn_heads=4,
+        d_inner=64,
+        max_sequence_length=16,
+        dropout=0.0,
+    )
     return TransformerLMConfig(**(base | kw))
 
 
-# ----------------------------------------------------------------------------------------------- rotary positions
+# --------------------------------------------------------------------- rotary positions
 
 
 def test_rotary_positions_are_a_complex_multiplication():
@@ -42,8 +57,11 @@ def test_rotary_positions_are_a_complex_multiplication():
     positions = torch.arange(5, 12)
     cos, sin = rotary_angles(positions, 8)
     theta = 10000.0 ** (-torch.arange(0, 8, 2) / 8)
-    turn = torch.polar(torch.ones(7, 4), positions[:, None].float() * theta)  # e^{i p theta_k}
-    expected = torch.view_as_real(torch.view_as_complex(x.reshape(2, 3, 7, 4, 2)) * turn).flatten(-2)
+    # e^{i p theta_k}
+    turn = torch.polar(torch.ones(7, 4), positions[:, None].float() * theta)
+    expected = torch.view_as_real(
+        torch.view_as_complex(x.reshape(2, 3, 7, 4, 2)) * turn
+    ).flatten(-2)
     assert torch.allclose(apply_rotary(x, cos, sin), expected, atol=1e-6)
 
 
@@ -56,7 +74,11 @@ def test_rotary_dot_products_depend_on_the_offset_only():
         kn = apply_rotary(k, *rotary_angles(torch.tensor([n]), 16))
         return (qm * kn).sum().item()
 
-    assert score(3, 1) == pytest.approx(score(10, 8), abs=1e-5) == pytest.approx(score(102, 100), abs=1e-4)
+    assert (
+        score(3, 1)
+        == pytest.approx(score(10, 8), abs=1e-5)
+        == pytest.approx(score(102, 100), abs=1e-4)
+    )
     assert score(3, 1) != pytest.approx(score(3, 2), abs=1e-3)
     with pytest.raises(ValueError, match="even head width"):
         rotary_angles(torch.arange(3), 7)
@@ -66,25 +88,37 @@ def test_rotary_attention_matches_the_reference_on_turned_queries_and_keys():
     torch.manual_seed(0)
     attention = CausalSelfAttention(config(positions="rope")).eval()
     x = torch.randn(2, 10, 32)
-    y, _ = attention(x)
+    y = attention(x)
     q, k, v = attention.split_heads(x)
     cos, sin = rotary_angles(torch.arange(10), attention.d_head)
-    expected, _ = attention_reference(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v)
+    expected, _ = attention_reference(
+        apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+    )
     assert torch.allclose(y, attention.merge_heads(expected), atol=1e-5)
 
 
-# ----------------------------------------------------------------------------------------------- the block's options
+# ------------------------------------------------------------------ the block's options
 
 
 def test_the_options_build_the_modern_block():
     model = TransformerLM(config(**MODERN))
     block = model.encoder.layers[0]
-    assert isinstance(block.norm1, nn.RMSNorm) and isinstance(model.encoder.final_norm, nn.RMSNorm)
-    assert model.encoder.position_embedding is None and not model.encoder.additive_positions
-    assert isinstance(block.attn.q_norm, nn.RMSNorm) and block.attn.q_norm.normalized_shape == (8,)
+    assert isinstance(block.norm1, nn.RMSNorm) and isinstance(
+        model.encoder.final_norm, nn.RMSNorm
+    )
+    assert (
+        model.encoder.position_embedding is None
+        and not model.encoder.additive_positions
+    )
+    assert isinstance(
+        block.attn.q_norm, nn.RMSNorm
+    ) and block.attn.q_norm.normalized_shape == (8,)
     biases = [name for name, _ in model.named_parameters() if name.endswith("bias")]
     assert biases == [], biases
-    assert all(isinstance(m, nn.LayerNorm) for m in (TransformerLM(config()).encoder.layers[0].norm1,))
+    assert all(
+        isinstance(m, nn.LayerNorm)
+        for m in (TransformerLM(config()).encoder.layers[0].norm1,)
+    )
     with pytest.raises(ValueError, match="norm must be one of"):
         config(norm="batch")
 
@@ -92,7 +126,10 @@ def test_the_options_build_the_modern_block():
 def test_swiglu_keeps_the_parameter_count_by_its_stated_rule():
     relu, swiglu = config(d_inner=96), config(d_inner=96, activation="swiglu")
     assert swiglu.ffn_hidden == 64  # 2/3 of d_inner, rounded up to a multiple of 8
-    count = {name: TransformerLM(c).encoder.layers[0].ffn for name, c in (("relu", relu), ("swiglu", swiglu))}
+    count = {
+        name: TransformerLM(c).encoder.layers[0].ffn
+        for name, c in (("relu", relu), ("swiglu", swiglu))
+    }
     n = {name: sum(p.numel() for p in ffn.parameters()) for name, ffn in count.items()}
     assert abs(n["swiglu"] / n["relu"] - 1) < 0.02, n
     ffn = count["swiglu"]
@@ -102,28 +139,49 @@ def test_swiglu_keeps_the_parameter_count_by_its_stated_rule():
 
 def test_qk_norm_normalizes_each_heads_queries_and_keys():
     attention = CausalSelfAttention(config(qk_norm=True))
-    q, k = attention.positioned(torch.randn(2, 4, 5, 8) * 30, torch.randn(2, 4, 5, 8) * 30)
+    q, k = attention.normalize_and_rotate(
+        torch.randn(2, 4, 5, 8) * 30, torch.randn(2, 4, 5, 8) * 30
+    )
     assert torch.allclose(q.pow(2).mean(-1), torch.ones(2, 4, 5), atol=1e-3)
     assert torch.allclose(k.pow(2).mean(-1), torch.ones(2, 4, 5), atol=1e-3)
 
 
-def test_the_modern_model_is_causal_and_trains_with_the_adaptive_softmax(tokenizer, corpus):
-    cfg = config(tokenizer.vocab_size, **MODERN, softmax="adaptive", tie_weights=False, adaptive_cutoffs=(8, 16))
+def test_the_modern_model_is_causal_and_trains_with_the_adaptive_softmax(
+    tokenizer, corpus
+):
+    cfg = config(
+        tokenizer.vocab_size,
+        **MODERN,
+        softmax="adaptive",
+        tie_weights=False,
+        adaptive_cutoffs=(8, 16),
+    )
     torch.manual_seed(0)
     model = TransformerLM(cfg).eval()
     ids = torch.randint(4, tokenizer.vocab_size, (2, 12))
     changed = ids.clone()
     changed[:, 7] = (changed[:, 7] + 1) % tokenizer.vocab_size
-    a, b = model(ids), model(changed)
-    assert torch.allclose(a[:, :7], b[:, :7], atol=1e-6) and not torch.allclose(a[:, 7:], b[:, 7:])
-    train = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
-    valid = LanguageModelingDataset(tokenizer, corpus / "valid.txt", max_sequence_length=16, batch_step=4)
+    a, b = model(ids).log_probs, model(changed).log_probs
+    assert torch.allclose(a[:, :7], b[:, :7], atol=1e-6) and not torch.allclose(
+        a[:, 7:], b[:, 7:]
+    )
+    train = LanguageModelingDataset(
+        tokenizer, corpus / "train.txt", max_sequence_length=16
+    )
+    valid = LanguageModelingDataset(
+        tokenizer, corpus / "valid.txt", max_sequence_length=16, batch_step=4
+    )
     before = evaluate_perplexity(model, valid)[1]
-    Trainer(model, train, TrainConfig(batch_size=8, max_steps=30, lr=1e-2, precision="amp-bf16"), device="cpu").train()
+    Trainer(
+        model,
+        train,
+        TrainConfig(batch_size=8, max_steps=30, lr=1e-2, precision="amp-bf16"),
+        device="cpu",
+    ).train()
     assert evaluate_perplexity(model, valid)[1] < before / 2
 
 
-# ----------------------------------------------------------------------------------------------- Muon
+# --------------------------------------------------------------------------------- Muon
 
 
 def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
@@ -131,29 +189,52 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     optimizer = MuonAdamW(model, lr=1e-3, muon_lr=2e-3, weight_decay=0.1)
     muon = {id(p) for g in optimizer.muon.param_groups for p in g["params"]}
     names = {name for name, p in model.named_parameters() if id(p) in muon}
-    assert names and all(".layers." in f".{n}" and model.get_parameter(n).dim() == 2 for n in names)
-    assert "encoder.embedding.weight" not in names and "classifier.last.weight" not in names
+    assert names and all(
+        ".layers." in f".{n}" and model.get_parameter(n).dim() == 2 for n in names
+    )
+    assert (
+        "encoder.embedding.weight" not in names
+        and "classifier.last.weight" not in names
+    )
     every = [p for g in optimizer.param_groups for p in g["params"]]
-    assert len(every) == len({id(p) for p in every}) == len(list(model.parameters()))  # each once, all of them
+    # each once, all of them
+    assert len(every) == len({id(p) for p in every}) == len(list(model.parameters()))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
-    assert optimizer.muon.param_groups[0]["lr"] == 1e-3 and optimizer.adamw.param_groups[0]["lr"] == 5e-4
+    assert (
+        optimizer.muon.param_groups[0]["lr"] == 1e-3
+        and optimizer.adamw.param_groups[0]["lr"] == 5e-4
+    )
     assert schedule.get_last_lr()[0] == 1e-3
+
+
+class OneMatrix(nn.Module):
+    def __init__(self, w):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(16, 16, bias=False)])
+        self.layers[0].weight = w
+
+    def parameter_groups(self):  # what MuonAdamW reads: the one matrix is a block's
+        return {
+            "decayed": [self.layers[0].weight],
+            "not_decayed": [],
+            "block_matrices": [self.layers[0].weight],
+        }
 
 
 def test_muon_orthogonalizes_its_update():
     torch.manual_seed(0)
     w = nn.Parameter(torch.randn(16, 16))
-    model = nn.Module()
-    model.layers = nn.ModuleList([nn.Linear(16, 16, bias=False)])
-    model.layers[0].weight = w
+    model = OneMatrix(w)
     optimizer = MuonAdamW(model, lr=0.0, muon_lr=0.1, momentum=0.0)
     u, _, vt = torch.linalg.svd(torch.randn(16, 16))
-    gradient = u @ torch.diag(torch.logspace(0, -3, 16)) @ vt  # singular values from 1 down to 0.001
+    # singular values from 1 down to 0.001
+    gradient = u @ torch.diag(torch.logspace(0, -3, 16)) @ vt
     before = w.detach().clone()
     (w * gradient).sum().backward()
     optimizer.step()
     singular = torch.linalg.svdvals(before - w.detach())
-    assert singular.max() / singular.min() < 10  # near-orthogonal: Newton-Schulz flattens the spectrum (was 1000)
+    # near-orthogonal: Newton-Schulz flattens the spectrum (was 1000)
+    assert singular.max() / singular.min() < 10
 
 
 @pytest.mark.parametrize("shape", [(24, 40), (40, 24)])
@@ -161,11 +242,19 @@ def test_the_teaching_newton_schulz_is_torchs_muon_update(shape):
     torch.manual_seed(0)
     weight, gradient = torch.randn(shape), torch.randn(shape)
     param = nn.Parameter(weight.clone())
-    muon = torch.optim.Muon([param], lr=0.01, weight_decay=0.0, momentum=0.95, adjust_lr_fn="match_rms_adamw")
+    muon = torch.optim.Muon(
+        [param],
+        lr=0.01,
+        weight_decay=0.0,
+        momentum=0.95,
+        adjust_lr_fn="match_rms_adamw",
+    )
     param.grad = gradient.clone()
     muon.step()
-    adjusted_lr = 0.01 * 0.2 * max(shape) ** 0.5  # match_rms_adamw: 0.2 sqrt(max(A, B)) times the lr
-    expected = weight - adjusted_lr * newton_schulz((1 - 0.95**2) * gradient)  # Nesterov's first step: (1 - m^2) g
+    # match_rms_adamw: 0.2 sqrt(max(A, B)) times the lr
+    adjusted_lr = 0.01 * 0.2 * max(shape) ** 0.5
+    # Nesterov's first step: (1 - m^2) g
+    expected = weight - adjusted_lr * newton_schulz((1 - 0.95**2) * gradient)
     error = (param.detach() - expected).norm() / (weight - expected).norm()
     assert error < 0.02  # torch's iteration runs in bfloat16, this one in float32
 
@@ -173,17 +262,28 @@ def test_the_teaching_newton_schulz_is_torchs_muon_update(shape):
 def test_newton_schulz_flattens_the_spectrum_and_keeps_the_singular_vectors():
     torch.manual_seed(0)
     u, _, vt = torch.linalg.svd(torch.randn(32, 32))
-    g = u @ torch.diag(torch.logspace(0, -2, 32)) @ vt  # singular values from 1 down to 0.01
+    # singular values from 1 down to 0.01
+    g = u @ torch.diag(torch.logspace(0, -2, 32)) @ vt
     x = newton_schulz(g)
     inside = u.T @ x @ vt.T  # diagonal when the singular vectors are kept
     assert (inside - torch.diag(inside.diagonal())).abs().max() < 1e-4
     assert 0.6 < inside.diagonal().min() and inside.diagonal().max() < 1.25
-    assert newton_schulz(g, steps=0).norm().item() == pytest.approx(1.0)  # only the scaling by the Frobenius norm
+    # only the scaling by the Frobenius norm
+    assert newton_schulz(g, steps=0).norm().item() == pytest.approx(1.0)
 
 
 def test_muon_resumes_exactly(tokenizer, corpus, tmp_path):
-    ds = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
-    cfg = TrainConfig(batch_size=4, max_steps=8, lr=1e-2, optimizer_kind="muon", muon_lr=2e-2, weight_decay=0.01)
+    ds = LanguageModelingDataset(
+        tokenizer, corpus / "train.txt", max_sequence_length=16
+    )
+    cfg = TrainConfig(
+        batch_size=4,
+        max_steps=8,
+        lr=1e-2,
+        optimizer_kind="muon",
+        muon_lr=2e-2,
+        weight_decay=0.01,
+    )
 
     def run(work_dir, stop_at=None, resume=False):
         torch.manual_seed(0)
@@ -197,16 +297,23 @@ def test_muon_resumes_exactly(tokenizer, corpus, tmp_path):
     assert {**first, **second} == pytest.approx(whole, rel=1e-6)
 
 
-# ----------------------------------------------------------------------------------------------- the KV cache
+# ------------------------------------------------------------------------- the KV cache
 
 
 @pytest.mark.parametrize("positions", ["sinusoidal", "learned", "rope"])
 def test_the_kv_cache_gives_the_same_words(tokenizer, positions):
     torch.manual_seed(0)
-    model = TransformerLM(config(tokenizer.vocab_size, positions=positions, max_sequence_length=12))
-    for prompt, n in (("the n1 v2", 6), ("the n1 v2 a n3 . the n4", 20)):  # within the window, and past it
-        texts = {cache: generate_text(model, tokenizer, prompt, n, temperature=0, kv_cache=cache)
-                 for cache in (True, False)}
+    model = TransformerLM(
+        config(tokenizer.vocab_size, positions=positions, max_sequence_length=12)
+    )
+    # within the window, and past it
+    for prompt, n in (("the n1 v2", 6), ("the n1 v2 a n3 . the n4", 20)):
+        texts = {
+            cache: generate_text(
+                model, tokenizer, prompt, n, temperature=0, kv_cache=cache
+            )
+            for cache in (True, False)
+        }
         assert texts[True] == texts[False] and len(texts[True].split()) == n
 
 
@@ -215,46 +322,94 @@ def test_the_cached_states_are_the_full_forward_ones(tokenizer):
     model = TransformerLM(config(tokenizer.vocab_size, **MODERN)).eval()
     ids = torch.randint(4, tokenizer.vocab_size, (1, 10))
     full = model.encoder(ids)
-    cache = model.encoder.new_cache()
-    parts = [model.encoder.forward_cached(ids[:, :6], cache)] + [
-        model.encoder.forward_cached(ids[:, t : t + 1], cache) for t in range(6, 10)]
+    cache = model.new_kv_cache()
+    parts = [model.encoder(ids[:, :6], kv_cache=cache)] + [
+        model.encoder(ids[:, t : t + 1], kv_cache=cache) for t in range(6, 10)
+    ]
     assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
-    with pytest.raises(ValueError, match="exceed max_sequence_length"):
-        model.encoder.forward_cached(torch.randint(4, 20, (1, 7)), cache)
+    assert [layer.length for layer in cache] == [10, 10]
+    # the model reads through the same cache: its log-probabilities are the full
+    # forward's too
+    cache = model.new_kv_cache()
+    parts = [
+        model(ids[:, :6], kv_cache=cache).log_probs,
+        model(ids[:, 6:], kv_cache=cache).log_probs,
+    ]
+    assert torch.allclose(torch.cat(parts, dim=1), model(ids).log_probs, atol=1e-5)
+    with pytest.raises(
+        ValueError, match="17 tokens are more than max_sequence_length=16"
+    ):
+        model.encoder(torch.randint(4, 20, (1, 7)), kv_cache=cache)
 
 
 def test_sampling_with_the_cache_draws_the_same_words(tokenizer):
     torch.manual_seed(0)
     model = TransformerLM(config(tokenizer.vocab_size))
-    texts = [generate_text(model, tokenizer, "the", 10, temperature=1.0, top_k=5, kv_cache=cache,
-                           generator=torch.Generator().manual_seed(3)) for cache in (True, False)]
+    texts = [
+        generate_text(
+            model,
+            tokenizer,
+            "the",
+            10,
+            temperature=1.0,
+            top_k=5,
+            kv_cache=cache,
+            generator=torch.Generator().manual_seed(3),
+        )
+        for cache in (True, False)
+    ]
     assert texts[0] == texts[1]
 
 
 def test_every_option_is_off_by_default():
     plain, modern = TransformerLMConfig(), replace(TransformerLMConfig(), **MODERN)
-    assert (plain.norm, plain.positions, plain.activation, plain.bias, plain.qk_norm) == (
-        "layer", "sinusoidal", "relu", True, False)
+    assert (
+        plain.norm,
+        plain.positions,
+        plain.activation,
+        plain.bias,
+        plain.qk_norm,
+    ) == ("layer", "sinusoidal", "relu", True, False)
     assert TrainConfig().optimizer_kind == "adamw" and copy.copy(modern).qk_norm
 
 
 def test_the_modern_model_adapts_at_test_time(tokenizer, corpus):
-    from lmtut import cache_scores, dynamic_evaluation, gradient_rms, score_stream
+    from lmtut import (
+        dynamic_evaluation,
+        gradient_rms,
+        neural_cache_scores,
+        score_stream,
+    )
 
     torch.manual_seed(0)
-    model = TransformerLM(config(tokenizer.vocab_size, **MODERN, softmax="adaptive", tie_weights=False,
-                                 adaptive_cutoffs=(8, 16))).eval()
-    train = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
-    valid = LanguageModelingDataset(tokenizer, corpus / "valid.txt", max_sequence_length=16, batch_step=4)
+    model = TransformerLM(
+        config(
+            tokenizer.vocab_size,
+            **MODERN,
+            softmax="adaptive",
+            tie_weights=False,
+            adaptive_cutoffs=(8, 16),
+        )
+    ).eval()
+    train = LanguageModelingDataset(
+        tokenizer, corpus / "train.txt", max_sequence_length=16
+    )
+    valid = LanguageModelingDataset(
+        tokenizer, corpus / "valid.txt", max_sequence_length=16, batch_step=4
+    )
     stream = score_stream(model, valid, show_bar=False)
-    assert stream.perplexity == pytest.approx(evaluate_perplexity(model, valid)[1], rel=1e-6)
-    assert cache_scores(stream, 50, 0.1, 0.1).num_tokens == valid.num_targets
+    assert stream.perplexity == pytest.approx(
+        evaluate_perplexity(model, valid)[1], rel=1e-6
+    )
+    assert neural_cache_scores(stream, 50, 0.1, 0.1).num_tokens == valid.num_targets
     rms = gradient_rms(model, train, batch_size=4, max_batches=3, show_bar=False)
-    adapted = dynamic_evaluation(model, valid, 1e-3, rule="rms", decay=0.01, rms=rms, show_bar=False)
+    adapted = dynamic_evaluation(
+        model, valid, 1e-3, rule="rms", decay=0.01, rms=rms, show_bar=False
+    )
     assert adapted.perplexity < stream.perplexity
 
 
-# ----------------------------------------------------------------------------------------------- longer windows
+# ----------------------------------------------------------------------- longer windows
 
 
 @pytest.mark.parametrize("positions", ["sinusoidal", "rope"])
@@ -263,9 +418,13 @@ def test_a_longer_window_keeps_the_weights_and_the_first_positions(positions):
     model = TransformerLM(config(positions=positions)).eval()
     longer = model.with_window(48)
     ids = torch.randint(0, 50, (2, 48))
-    assert torch.allclose(longer(ids[:, :16]), model(ids[:, :16]), atol=1e-6)  # positions 0-15: the same model
-    assert longer(ids).shape == (2, 48, model.config.padded_vocab_size)
-    with pytest.raises(ValueError, match="longer than max_sequence_length=16"):
+    first = longer(ids[:, :16]).log_probs
+    # positions 0-15: the same model
+    assert torch.allclose(first, model(ids[:, :16]).log_probs, atol=1e-6)
+    assert longer(ids).log_probs.shape == (2, 48, model.config.padded_vocab_size)
+    with pytest.raises(
+        ValueError, match="48 tokens are more than max_sequence_length=16"
+    ):
         model(ids)
 
 
@@ -283,8 +442,10 @@ def test_loss_by_position_is_the_cross_entropy_of_each_position():
     losses = loss_by_position(model, ids, window=16, batch_size=2)
     assert model.training  # the mode is restored
     with torch.no_grad():
-        log_probs = model.eval()(ids[:80].view(5, 16))
-    expected = F.nll_loss(log_probs.transpose(1, 2), ids[1:81].view(5, 16), reduction="none").mean(0)
+        log_probs = model.eval()(ids[:80].view(5, 16)).log_probs
+    expected = F.nll_loss(
+        log_probs.transpose(1, 2), ids[1:81].view(5, 16), reduction="none"
+    ).mean(0)
     assert torch.allclose(losses, expected, atol=1e-5)
     with pytest.raises(ValueError, match="hold no window of 16"):
         loss_by_position(model, ids[:16], window=16)

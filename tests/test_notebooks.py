@@ -1,5 +1,5 @@
-"""The notebooks as files: each opens with the same setup cell, which finds or installs lmtut, and says what to run
-instead of failing with a traceback where it cannot."""
+"""The notebooks as files: each opens with the same setup cell, which finds or installs
+lmtut, and says what to run instead of failing with a traceback where it cannot."""
 
 from __future__ import annotations
 
@@ -20,8 +20,11 @@ def first_code_cell(path: Path) -> str:
     return "".join(next(c for c in cells if c["cell_type"] == "code")["source"])
 
 
-def run_in_ipython(cell: str, cwd: Path, hide: tuple[str, ...]) -> subprocess.CompletedProcess:
-    """Run ``cell`` in a fresh IPython shell where the modules ``hide`` cannot be found."""
+def run_in_ipython(
+    cell: str, cwd: Path, hide: tuple[str, ...]
+) -> subprocess.CompletedProcess:
+    """Run ``cell`` in a fresh IPython shell where the modules ``hide`` cannot be
+    found."""
     script = (
         "import sys\n"
         + "".join(f"sys.modules[{name!r}] = None\n" for name in hide)
@@ -29,22 +32,35 @@ def run_in_ipython(cell: str, cwd: Path, hide: tuple[str, ...]) -> subprocess.Co
         + f"result = InteractiveShell.instance().run_cell({cell!r})\n"
         + "print('RESULT', type(result.error_in_exec).__name__, sys.path[0])\n"
     )
-    return subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_every_notebook_opens_with_the_same_setup_cell():
     cells = {path.name: first_code_cell(path) for path in NOTEBOOKS}
     assert len(set(cells.values())) == 1, sorted(cells)
-    repository = re.search(r"repository:\s*\n\s*url:\s*(\S+)", (ROOT / "_config.yml").read_text()).group(1)
-    assert f'REPOSITORY = "{repository}"' in next(iter(cells.values()))  # Colab installs from the book's repository
+    repository = re.search(
+        r"repository:\s*\n\s*url:\s*(\S+)", (ROOT / "_config.yml").read_text()
+    ).group(1)
+    # Colab installs from the book's repository
+    assert f'REPOSITORY = "{repository}"' in next(iter(cells.values()))
 
 
 @pytest.mark.parametrize("hide", [("lmtut",), ("torch", "lmtut")])
 def test_alone_and_without_lmtut_the_setup_cell_prints_the_command(tmp_path, hide):
     done = run_in_ipython(first_code_cell(NOTEBOOKS[0]), tmp_path, hide)
-    assert "bash scripts/setup.sh" in done.stdout and "pip install git+https://" in done.stdout
+    assert (
+        "bash scripts/setup.sh" in done.stdout
+        and "pip install git+https://" in done.stdout
+    )
     assert "RESULT SetupNeeded" in done.stdout
-    assert "Traceback" not in done.stdout + done.stderr and "---" not in done.stdout  # no traceback shown
+    # no traceback shown
+    assert "Traceback" not in done.stdout + done.stderr and "---" not in done.stdout
 
 
 def test_in_the_checkout_the_setup_cell_uses_the_checkouts_package():

@@ -1,11 +1,14 @@
-"""Every figure that the README, the book's pages and the chapters' prose state has a source.
+"""Every figure that the README, the book's pages and the chapters' prose state has a
+source.
 
-A *figure* is a number written with decimals or thousands separators, or followed by a unit (x, %, tokens/s, s,
-minutes, M, MB, ...). In README.md and book/*.md each figure must be one that ``QUOTED`` computes from a file under
-``results/`` and finds in its sentence, or a setting or fact listed in ``NOT_MEASURED`` with the reason it needs no
-file. In a chapter's markdown, a figure must be printed by one of the chapters' cells (or written in its code), stand
-in a paragraph or table row that cites its paper, or be listed in ``NOT_MEASURED``. A number typed by hand into the
-prose fails here until it is computed or read from a file.
+A *figure* is a number written with decimals or thousands separators, or followed by a
+unit (x, %, tokens/s, s, minutes, M, MB, ...). In README.md and book/*.md each figure
+must be one that ``QUOTED`` computes from a file under ``results/`` and finds in its
+sentence, or a setting or fact listed in ``NOT_MEASURED`` with the reason it needs no
+file. In a chapter's markdown, a figure must be printed by one of the chapters' cells
+(or written in its code), stand in a paragraph or table row that cites its paper, or be
+listed in ``NOT_MEASURED``. A number typed by hand into the prose fails here until it is
+computed or read from a file.
 """
 
 from __future__ import annotations
@@ -26,10 +29,17 @@ RESULTS = ROOT / "results"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "book").glob("*.md"))]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
-UNIT = r"x\b|%|\s?(?:tokens/s|tok/s|minutes|min\b|s\b|ms\b|M\b|M-parameter|k\b|B\b|GiB|MiB|MB|GB|hours)"
-FIGURE = re.compile(rf"(?<![\w.\-/=`$\\{{])(\d{{1,3}}(?:,\d{{3}})+|\d+\.\d+|\d+)({UNIT})?(?![\w.]\d)")
+UNIT = (
+    r"x\b|%|\s?(?:tokens/s|tok/s|minutes|min\b|s\b|ms\b|M\b|M-parameter|k\b|B\b"
+    r"|GiB|MiB|MB|GB|hours)"
+)
+FIGURE = re.compile(
+    rf"(?<![\w.\-/=`$\\{{])(\d{{1,3}}(?:,\d{{3}})+|\d+\.\d+|\d+)({UNIT})?(?![\w.]\d)"
+)
 
-NOT_MEASURED = {  # figure: why it needs no results file (a version, a setting, a definition, a fact of the data)
+# figure: why it needs no results file (a version, a setting, a definition, a fact of
+# the data)
+NOT_MEASURED = {
     "3.10": "the Python version the setup needs",
     "127.0": "the loopback address the book test serves on",
     "50,000": "the seed script's max_steps setting (NeMo's transformer_lm.py)",
@@ -38,9 +48,11 @@ NOT_MEASURED = {  # figure: why it needs no results file (a version, a setting, 
     "33,279": "V - 1 for the vocabulary above",
     "33k": "the vocabulary above, rounded",
     "200,000": "a setting of the chapters' short runs (tokens of the training split)",
-    "10,000": "a setting: tokens of the validation split in the short runs, or the seed's vocabulary cut",
+    "10,000": "a setting: tokens of the validation split in the short runs, or the "
+    "seed's vocabulary cut",
     "1,000": "a rank or a number in the examples of WikiText's markup",
-    "2,000": "a setting (the adaptive softmax's first cutoff, GradScaler's growth interval, lines of a slice)",
+    "2,000": "a setting (the adaptive softmax's first cutoff, GradScaler's growth "
+    "interval, lines of a slice)",
     "0.1": "a setting (label smoothing or dropout)",
     "0.2": "a setting in an exercise",
     "0.05": "a setting in an exercise",
@@ -65,26 +77,37 @@ def precision_modes(name: str) -> dict[str, float]:
 
 
 def computed() -> dict[str, tuple[str, str]]:
-    """Figures that a solution derives by hand: figure -> (what it is, the same figure computed here)."""
+    """Figures that a solution derives by hand: figure -> (what it is, the same figure
+    computed here)."""
     gpu = make_config("gpu-base")
-    params = results("runs/gpu-base-h200/results.json")["parameters"]  # the recorded run's model
+    # the recorded run's model
+    params = results("runs/gpu-base-h200/results.json")["parameters"]
     step_tokens = gpu.train.batch_size * gpu.model.max_sequence_length
-    ring = 2 * (4 - 1) / 4 * 4 * params  # bytes a ring all-reduce moves per GPU, 4 GPUs, fp32 gradients
+    h200_tokens_per_s = results("runs/gpu-base-h200/results.json")["tokens_per_s"]
+    # bytes a ring all-reduce moves per GPU, 4 GPUs, fp32 gradients
+    ring = 2 * (4 - 1) / 4 * 4 * params
     vocab, eps = 33_280, 0.1
     p = 1 - eps + eps / vocab
     entropy = -(p * math.log(p) + (vocab - 1) * eps / vocab * math.log(eps / vocab))
     return {
-        "17,039,360": ("gpu-base's untied output matrix", f"{vocab * gpu.model.d_model:,}"),
+        "17,039,360": (
+            "gpu-base's untied output matrix",
+            f"{vocab * gpu.model.d_model:,}",
+        ),
         "1.37": ("the entropy of the smoothed target", f"{entropy:.2f}"),
         "35,987,968": ("gpu-base's parameters", f"{params:,}"),
         "144 MB": ("its fp32 gradients", f"{4 * params / 1e6:.0f} MB"),
         "216 MB": ("what a ring all-reduce moves per GPU", f"{ring / 1e6:.0f} MB"),
         "2 ms": ("that at 100 GB/s", f"{ring / 100e9 * 1e3:.0f} ms"),
         "8,192": ("gpu-base's tokens a step", f"{step_tokens:,}"),
-        "13 ms": ("a gpu-base step on the H200",
-                  f"{step_tokens / results('runs/gpu-base-h200/results.json')['tokens_per_s'] * 1e3:.0f} ms"),
-        "3,835": ("windows of 256 sliding by 64 over the test split's 245,569 tokens",
-                  f"{num_windows(245_569, 256, 64):,}"),
+        "13 ms": (
+            "a gpu-base step on the H200",
+            f"{step_tokens / h200_tokens_per_s * 1e3:.0f} ms",
+        ),
+        "3,835": (
+            "windows of 256 sliding by 64 over the test split's 245,569 tokens",
+            f"{num_windows(245_569, 256, 64):,}",
+        ),
     }
 
 
@@ -95,16 +118,25 @@ def test_hand_derived_figures_are_right(figure):
 
 
 def quoted() -> list[tuple[str, str]]:
-    """(file, the sentence fragment it must contain), each with the figure computed from its results file."""
+    """(file, the sentence fragment it must contain), each with the figure computed from
+    its results file."""
     cpu = results("runs/cpu-demo/results.json")
     adapted = results("runs/cpu-demo/adapted.json")["adapted at test time"]
     bf16 = precision_modes("benchmarks/precision-cpu.json")
     fp16 = precision_modes("benchmarks/precision-cpu-fp16.json")
-    ratio = {name: results(f"benchmarks/throughput-{name}.json")["ratio"] for name in
-             ("cpu-fp32", "cpu-bf16", "h200-bf16", "h200-bf16-compile")}
-    h200_reference = (results("benchmarks/throughput-h200-bf16-compile.json")["reference_tokens_per_s"]
-                      / results("benchmarks/throughput-h200-bf16.json")["reference_tokens_per_s"])
-    slowest = max(n["seconds"] for n in results("notebooks/execution-times.json").values())
+    ratio = {
+        name: results(f"benchmarks/throughput-{name}.json")["ratio"]
+        for name in ("cpu-fp32", "cpu-bf16", "h200-bf16", "h200-bf16-compile")
+    }
+    h200_reference = (
+        results("benchmarks/throughput-h200-bf16-compile.json")[
+            "reference_tokens_per_s"
+        ]
+        / results("benchmarks/throughput-h200-bf16.json")["reference_tokens_per_s"]
+    )
+    slowest = max(
+        n["seconds"] for n in results("notebooks/execution-times.json").values()
+    )
     return [
         ("README.md", f"the slowest took {slowest:.0f} s to execute"),
         ("book/intro.md", f"the slowest took {slowest:.0f} s on the book's"),
@@ -120,9 +152,20 @@ def quoted() -> list[tuple[str, str]]:
         ("README.md", f"{ratio['cpu-bf16']:.2f}x in bf16"),
         ("README.md", f"gpu-base ran at {ratio['h200-bf16']:.2f}x in bf16"),
         ("README.md", f"{ratio['h200-bf16-compile']:.2f}x, in a session whose"),
-        ("README.md", f"reference ran {1 - h200_reference:.0%} slower than in the other"),
-        ("README.md", f"test perplexity of {adapted['neural cache']['perplexity']['test']:.1f} with a neural cache"),
-        ("README.md", f"and {adapted['dynamic evaluation']['perplexity']['test']:.1f} with dynamic evaluation"),
+        (
+            "README.md",
+            f"reference ran {1 - h200_reference:.0%} slower than in the other",
+        ),
+        (
+            "README.md",
+            f"test perplexity of "
+            f"{adapted['neural cache']['perplexity']['test']:.1f} with a neural cache",
+        ),
+        (
+            "README.md",
+            f"and {adapted['dynamic evaluation']['perplexity']['test']:.1f} "
+            "with dynamic evaluation",
+        ),
         ("book/intro.md", f"test perplexity of {cpu['test_ppl']:.1f}"),
         ("book/intro.md", f"in {cpu['wall_time_s'] / 60:.1f} minutes"),
         ("book/intro.md", f"an {cpu['parameters'] / 1e6:.1f}M-parameter"),
@@ -130,7 +173,8 @@ def quoted() -> list[tuple[str, str]]:
 
 
 def prose(text: str) -> str:
-    """Text without code blocks and inline code, whitespace collapsed (a quoted figure may wrap)."""
+    """Text without code blocks and inline code, whitespace collapsed (a quoted figure
+    may wrap)."""
     text = re.sub(r"```.*?```", " ", text, flags=re.S)
     text = re.sub(r"`[^`\n]*`", " ", text)
     return " ".join(text.split())
@@ -149,21 +193,38 @@ def bare(figure: str) -> str:
     return FIGURE.match(figure).group(1)
 
 
-@pytest.mark.parametrize("page, fragment", quoted(), ids=[f"{p}: {f}" for p, f in quoted()])
+@pytest.mark.parametrize(
+    "page, fragment", quoted(), ids=[f"{p}: {f}" for p, f in quoted()]
+)
 def test_quoted_figures_are_the_recorded_ones(page, fragment):
-    assert fragment in prose((ROOT / page).read_text()), f"{page} should say {fragment!r} (from results/)"
+    assert fragment in prose((ROOT / page).read_text()), (
+        f"{page} should say {fragment!r} (from results/)"
+    )
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_every_figure_on_a_page_has_a_source(page):
-    sourced = {bare(f) for p, fragment in quoted() if ROOT / p == page for f in figures(fragment)}
-    unsourced = [f for f in figures(page.read_text()) if bare(f) not in sourced and f not in NOT_MEASURED
-                 and bare(f) not in NOT_MEASURED]
-    assert not unsourced, f"{page.name}: figures with no results file behind them: {unsourced}"
+    sourced = {
+        bare(f)
+        for p, fragment in quoted()
+        if ROOT / p == page
+        for f in figures(fragment)
+    }
+    unsourced = [
+        f
+        for f in figures(page.read_text())
+        if bare(f) not in sourced
+        and f not in NOT_MEASURED
+        and bare(f) not in NOT_MEASURED
+    ]
+    assert not unsourced, (
+        f"{page.name}: figures with no results file behind them: {unsourced}"
+    )
 
 
 def notebook_printed(path: Path) -> str:
-    """Everything a notebook's code cells contain and print: the places a prose figure may come from."""
+    """Everything a notebook's code cells contain and print: the places a prose figure
+    may come from."""
     text = []
     for cell in json.loads(path.read_text())["cells"]:
         if cell["cell_type"] != "code":
@@ -183,8 +244,11 @@ def all_printed() -> str:
 
 def paragraphs(path: Path) -> list[str]:
     cells = json.loads(path.read_text())["cells"]
-    text = "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
-    return [p for block in re.split(r"\n\s*\n", text) for p in block.split("\n|")]  # table rows stand alone
+    text = "\n\n".join(
+        "".join(c["source"]) for c in cells if c["cell_type"] == "markdown"
+    )
+    # table rows stand alone
+    return [p for block in re.split(r"\n\s*\n", text) for p in block.split("\n|")]
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
@@ -196,14 +260,24 @@ def test_every_figure_in_a_chapter_is_printed_or_cited(notebook):
             continue  # a published figure, with its source beside it
         for f in figures(paragraph):
             number = bare(f)
-            if f in NOT_MEASURED or number in NOT_MEASURED or f in computed() or number in computed():
+            if (
+                f in NOT_MEASURED
+                or number in NOT_MEASURED
+                or f in computed()
+                or number in computed()
+            ):
                 continue
-            unit = re.escape(f[len(number):].strip())
-            if not re.search(rf"(?<![\d.,]){re.escape(number)}(?![\d]|,\d)\s?{unit}", printed):
+            unit = re.escape(f[len(number) :].strip())
+            if not re.search(
+                rf"(?<![\d.,]){re.escape(number)}(?![\d]|,\d)\s?{unit}", printed
+            ):
                 missing.append(f)
-    assert not missing, f"{notebook.name}: figures that no cell prints and no citation backs: {missing}"
+    assert not missing, (
+        f"{notebook.name}: figures that no cell prints and no citation backs: {missing}"
+    )
 
 
 def test_the_cpu_demo_recipe_keeps_its_promise():
     cpu = results("runs/cpu-demo/results.json")
-    assert cpu["valid_ppl"] <= 200 and cpu["wall_time_s"] <= 600  # under ten minutes, as the README says
+    # under ten minutes, as the README says
+    assert cpu["valid_ppl"] <= 200 and cpu["wall_time_s"] <= 600

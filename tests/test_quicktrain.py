@@ -10,6 +10,7 @@ from torch import nn
 
 from lmtut import (
     LanguageModelingDataset,
+    LMOutput,
     TransformerLM,
     TransformerLMConfig,
     WordTokenizer,
@@ -21,33 +22,46 @@ from lmtut.tokenizer import write_vocab
 
 
 def tokenizer(tmp_path) -> WordTokenizer:
-    return WordTokenizer(write_vocab(build_vocab(Counter("a b c d".split())), tmp_path / "v.txt"))
+    return WordTokenizer(
+        write_vocab(build_vocab(Counter("a b c d".split())), tmp_path / "v.txt")
+    )
 
 
 class NextIsPlusOne(nn.Module):
-    """Gives the token after ``x`` probability 1/2 to be ``x + 1``; the other n - 1 classes share the rest.
+    """Gives the token after ``x`` probability 1/2 to be ``x + 1``; the other n - 1
+    classes share the rest.
 
-    As every lmtut model, an encoder (here: the token id is the hidden state) and a classifier that scores targets.
+    As every lmtut model: one ``forward`` that returns an ``LMOutput`` (here the token
+    id is the hidden state, and the targets' log-probabilities are asked for at the
+    ``at`` positions), and its parameters (none) in groups.
     """
 
-    class Encoder(nn.Module):
-        def forward(self, input_ids, input_mask=None):
-            return input_ids[..., None]
-
-    class Classifier(nn.Module):
-        def __init__(self, n: int):
-            super().__init__()
-            self.n = n
-
-        def target_log_probs(self, hidden, targets):
-            return torch.where(targets == hidden[..., 0] + 1, math.log(0.5), math.log(0.5 / (self.n - 1)))
+    may_skip_parameters = False
 
     def __init__(self, n: int):
         super().__init__()
-        self.encoder, self.classifier = self.Encoder(), self.Classifier(n)
+        self.n = n
+
+    def forward(
+        self,
+        input_ids,
+        targets=None,
+        kv_cache=None,
+        *,
+        input_mask=None,
+        at=None,
+        distribution=False,
+    ):
+        hidden = input_ids[..., None]
+        if at is not None:
+            hidden, targets = hidden[at], targets[at]
+        return LMOutput(hidden, target_log_probs=self.log_prob(hidden[..., 0], targets))
+
+    def parameter_groups(self):
+        return {"decayed": [], "not_decayed": [], "block_matrices": []}
 
     def log_prob(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
-        return self.classifier.target_log_probs(prev[..., None], nxt)
+        return torch.where(nxt == prev + 1, math.log(0.5), math.log(0.5 / (self.n - 1)))
 
 
 def test_evaluate_scores_each_token_once_with_the_plain_loss(tmp_path):
@@ -55,9 +69,12 @@ def test_evaluate_scores_each_token_once_with_the_plain_loss(tmp_path):
     stream = torch.randint(4, 8, (37,), generator=torch.Generator().manual_seed(0))
     ds = LanguageModelingDataset(tok, stream, max_sequence_length=8, batch_step=3)
     model = NextIsPlusOne(10)
-    expected = -model.log_prob(ds.ids[:-1], ds.ids[1:]).double().mean().item()  # every target once
+    # every target once
+    expected = -model.log_prob(ds.ids[:-1], ds.ids[1:]).double().mean().item()
     nll, ppl = evaluate_perplexity(model, ds, batch_size=4)
-    assert math.isclose(nll, expected, rel_tol=1e-6) and math.isclose(ppl, math.exp(expected), rel_tol=1e-6)
+    assert math.isclose(nll, expected, rel_tol=1e-6) and math.isclose(
+        ppl, math.exp(expected), rel_tol=1e-6
+    )
 
 
 def test_quick_train_learns_a_repeating_pattern_and_is_seeded(tmp_path):
@@ -67,11 +84,24 @@ def test_quick_train_learns_a_repeating_pattern_and_is_seeded(tmp_path):
 
     def run():
         torch.manual_seed(0)
-        model = TransformerLM(TransformerLMConfig(vocab_size=tok.vocab_size, d_model=32, num_layers=1,
-                                                  num_attn_heads=2, d_inner=64, max_sequence_length=16, dropout=0.0))
-        return quick_train(model, train, train, steps=40, batch_size=8, lr=1e-2, eval_every=20)
+        model = TransformerLM(
+            TransformerLMConfig(
+                vocab_size=tok.vocab_size,
+                d_model=32,
+                num_layers=1,
+                num_attn_heads=2,
+                d_inner=64,
+                max_sequence_length=16,
+                dropout=0.0,
+            )
+        )
+        return quick_train(
+            model, train, train, steps=40, batch_size=8, lr=1e-2, eval_every=20
+        )
 
     history = run()
     assert history["eval_step"] == [0, 20, 40]
-    assert history["valid_ppl"][-1] < 1.5 < history["valid_ppl"][0]  # the pattern is learned
-    assert history["train_loss"] == run()["train_loss"]  # the same seed gives the same run
+    # the pattern is learned
+    assert history["valid_ppl"][-1] < 1.5 < history["valid_ppl"][0]
+    # the same seed gives the same run
+    assert history["train_loss"] == run()["train_loss"]

@@ -1,4 +1,5 @@
-"""Chapter 6: LR policies, optimizers, accumulation, checkpoints, resume, the NaN stop and the command lines."""
+"""Chapter 6: LR policies, optimizers, accumulation, checkpoints, resume, the NaN stop
+and the command lines."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import signal
 
 import pytest
 import torch
-from helpers import TINY, Recorder, interrupted_run, tiny_model
+from helpers import TINY, NaNLoss, Recorder, interrupted_run, tiny_model
 
 import lmtut.evaluate as evaluate_cli
 import lmtut.generate as generate_cli
@@ -29,9 +30,14 @@ from lmtut import (
     get_lr_policy,
     get_optimizer,
 )
-from lmtut.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
+from lmtut.checkpoint import (
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    write_checkpoint,
+)
 
-# ----------------------------------------------------------------------------------------------- LR policies
+# -------------------------------------------------------------------------- LR policies
 
 
 def test_lr_policy_shapes():
@@ -39,22 +45,38 @@ def test_lr_policy_shapes():
     for name in ("constant", "cosine", "linear", "inverse_sqrt"):
         f = get_lr_policy(name, T, warmup_steps=W)
         warm = [f(s) for s in range(W)]
-        assert warm == sorted(warm) and warm[0] < 0.2 and warm[-1] < 1.0  # linear warmup
+        # linear warmup
+        assert warm == sorted(warm) and warm[0] < 0.2 and warm[-1] < 1.0
         assert math.isclose(f(W), 1.0)  # the peak right after warmup
-    cosine, linear = get_lr_policy("cosine", T, warmup_steps=W), get_lr_policy("linear", T, warmup_steps=W)
-    assert math.isclose(cosine(W + 45), 0.5) and math.isclose(linear(W + 45), 0.5)  # halfway down
-    assert cosine(W + 20) > linear(W + 20) and cosine(W + 70) < linear(W + 70)  # cosine: slow, fast, slow
-    assert cosine(T) == 0.0 and linear(T) == 0.0 and linear(T + 50) == 0.0  # the schedule ends with the run
+    cosine, linear = (
+        get_lr_policy("cosine", T, warmup_steps=W),
+        get_lr_policy("linear", T, warmup_steps=W),
+    )
+    # halfway down
+    assert math.isclose(cosine(W + 45), 0.5) and math.isclose(linear(W + 45), 0.5)
+    # cosine: slow, fast, slow
+    assert cosine(W + 20) > linear(W + 20) and cosine(W + 70) < linear(W + 70)
+    # the schedule ends with the run
+    assert cosine(T) == 0.0 and linear(T) == 0.0 and linear(T + 50) == 0.0
     assert get_lr_policy("constant", T, warmup_steps=W)(T - 1) == 1.0
-    assert math.isclose(get_lr_policy("inverse_sqrt", T, warmup_steps=W)(40), math.sqrt(10 / 40))
-    assert math.isclose(get_lr_policy("CosineAnnealing", T, warmup_ratio=0.1, min_lr_ratio=0.1)(T), 0.1)
+    assert math.isclose(
+        get_lr_policy("inverse_sqrt", T, warmup_steps=W)(40), math.sqrt(10 / 40)
+    )
+    assert math.isclose(
+        get_lr_policy("CosineAnnealing", T, warmup_ratio=0.1, min_lr_ratio=0.1)(T), 0.1
+    )
     with pytest.raises(ValueError, match="unknown lr_policy"):
         get_lr_policy("step", T)
 
 
 def test_optimizers_by_name():
     p = [torch.nn.Parameter(torch.ones(2, 2))]
-    kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD, "novograd": NovoGrad}
+    kinds = {
+        "adam": torch.optim.Adam,
+        "adamw": torch.optim.AdamW,
+        "sgd": torch.optim.SGD,
+        "novograd": NovoGrad,
+    }
     for name, cls in kinds.items():
         assert isinstance(get_optimizer(name, p, 0.1), cls)
     with pytest.raises(ValueError, match="unknown optimizer_kind"):
@@ -75,79 +97,123 @@ def test_novograd_by_hand():
     assert torch.allclose(w.detach(), ref)
 
 
-# ----------------------------------------------------------------------------------------------- the trainer
+# -------------------------------------------------------------------------- the trainer
 
 
 def test_accumulation_equals_one_large_batch(tokenizer, corpus):
-    ds = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
+    ds = LanguageModelingDataset(
+        tokenizer, corpus / "train.txt", max_sequence_length=16
+    )
     runs = []
     for batch, accumulate in ((8, 1), (4, 2), (2, 4)):
         rec = Recorder()
         model = tiny_model(tokenizer)
-        # SGD: Adam would divide the key bias's gradient, exactly zero in theory (softmax ignores it) and float
-        # noise in practice, by its own size, and turn 1e-10 noise into lr-sized differences.
-        cfg = TrainConfig(batch_size=batch, batches_per_step=accumulate, max_steps=5, lr=0.1, optimizer_kind="sgd")
+        # SGD: Adam would divide the key bias's gradient, exactly zero in theory
+        # (softmax ignores it) and float noise in practice, by its own size, and turn
+        # 1e-10 noise into lr-sized differences.
+        cfg = TrainConfig(
+            batch_size=batch,
+            batches_per_step=accumulate,
+            max_steps=5,
+            lr=0.1,
+            optimizer_kind="sgd",
+        )
         Trainer(model, ds, cfg, callbacks=[rec], device="cpu").train()
-        runs.append((list(rec.losses.values()), [p.detach().clone() for p in model.parameters()]))
+        runs.append(
+            (
+                list(rec.losses.values()),
+                [p.detach().clone() for p in model.parameters()],
+            )
+        )
     for losses, params in runs[1:]:
         assert losses == pytest.approx(runs[0][0], rel=1e-5)
         assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(params, runs[0][1]))
 
 
 def test_resume_gives_the_same_losses(tokenizer, corpus, tmp_path):
-    ds = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
-    # 19 windows, 4 per step: 4 steps an epoch, so 10 steps cross two epoch boundaries; dropout tests the RNG.
+    ds = LanguageModelingDataset(
+        tokenizer, corpus / "train.txt", max_sequence_length=16
+    )
+    # 19 windows, 4 per step: 4 steps an epoch, so 10 steps cross two epoch boundaries;
+    # dropout tests the RNG.
     cfg = TrainConfig(batch_size=4, max_steps=10, lr=1e-2, warmup_ratio=0.2)
 
     def run(work_dir, stop_at=None, resume=False):
-        return interrupted_run(tiny_model(tokenizer, dropout=0.3), ds, cfg, work_dir, stop_at, resume)
+        return interrupted_run(
+            tiny_model(tokenizer, dropout=0.3), ds, cfg, work_dir, stop_at, resume
+        )
 
     whole, _ = run(tmp_path / "a")
-    first, _ = run(tmp_path / "b", stop_at=6)  # interrupted after step 6 (a checkpoint is written on Ctrl-C)
+    # interrupted after step 6 (a checkpoint is written on Ctrl-C)
+    first, _ = run(tmp_path / "b", stop_at=6)
     assert [int(p.stem[-7:]) for p in list_checkpoints(tmp_path / "b")] == [4, 6]
     second, trainer = run(tmp_path / "b", resume=True)
-    assert min(second) == 7 and trainer.step == 10
+    assert min(second) == 7 and trainer.progress.step == 10
     assert {**first, **second} == pytest.approx(whole, rel=1e-6)
-    assert [int(p.stem[-7:]) for p in list_checkpoints(tmp_path / "b")] == [8, 10]  # the newest 2 kept
+    # the newest 2 kept
+    assert [int(p.stem[-7:]) for p in list_checkpoints(tmp_path / "b")] == [8, 10]
 
 
 def test_ctrl_c_inside_a_step_waits_for_its_end(tokenizer, corpus, tmp_path):
-    ds = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
+    ds = LanguageModelingDataset(
+        tokenizer, corpus / "train.txt", max_sequence_length=16
+    )
     cfg = TrainConfig(batch_size=4, max_steps=8, lr=1e-2)
     calls = {"n": 0}
 
-    def loss_with_ctrl_c_in_step_3(log_probs, labels):  # SIGINT arrives mid-step, after the dropout draws
-        calls["n"] += 1
-        if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-        return PaddedSmoothedCrossEntropyLoss(tokenizer.pad_id)(log_probs, labels)
+    # SIGINT arrives mid-step, after the dropout draws
+    class LossWithCtrlCInStep3(PaddedSmoothedCrossEntropyLoss):
+        def of_output(self, output, labels):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().of_output(output, labels)
 
     def run(work_dir, loss_fn=None, resume=False):
-        return interrupted_run(tiny_model(tokenizer, dropout=0.3), ds, cfg, work_dir, resume=resume,
-                               checkpoint_every=100, loss_fn=loss_fn)
+        return interrupted_run(
+            tiny_model(tokenizer, dropout=0.3),
+            ds,
+            cfg,
+            work_dir,
+            resume=resume,
+            checkpoint_every=100,
+            loss_fn=loss_fn,
+        )
 
     whole, _ = run(tmp_path / "a")
-    first, trainer = run(tmp_path / "b", loss_fn=loss_with_ctrl_c_in_step_3)
-    assert trainer.step == 3 and sorted(first) == [1, 2, 3]  # step 3 finished, then the interrupt
+    first, trainer = run(tmp_path / "b", loss_fn=LossWithCtrlCInStep3(tokenizer.pad_id))
+    # step 3 finished, then the interrupt
+    assert trainer.progress.step == 3 and sorted(first) == [1, 2, 3]
     assert [int(p.stem[-7:]) for p in list_checkpoints(tmp_path / "b")] == [3]
     second, _ = run(tmp_path / "b", resume=True)
-    assert {**first, **second} == pytest.approx(whole, rel=1e-6)  # the resumed run is the uninterrupted one
+    # the resumed run is the uninterrupted one
+    assert {**first, **second} == pytest.approx(whole, rel=1e-6)
 
 
 def test_nan_loss_stops_the_run(tokenizer, corpus):
-    ds = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
+    ds = LanguageModelingDataset(
+        tokenizer, corpus / "train.txt", max_sequence_length=16
+    )
     model = tiny_model(tokenizer)
     before = [p.detach().clone() for p in model.parameters()]
-    trainer = Trainer(model, ds, TrainConfig(batch_size=4, max_steps=3), device="cpu",
-                      loss_fn=lambda lp, y: lp.sum() * float("nan"))
-    with pytest.raises(TrainingDiverged, match="NaN or infinite by step 1: training diverged"):
+    trainer = Trainer(
+        model,
+        ds,
+        TrainConfig(batch_size=4, max_steps=3),
+        device="cpu",
+        loss_fn=NaNLoss(tokenizer.pad_id),
+    )
+    with pytest.raises(
+        TrainingDiverged, match="NaN or infinite by step 1: training diverged"
+    ):
         trainer.train()
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no step taken on garbage
+    # no step taken on garbage
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = checkpoint_path(tmp_path, 5)
-    save_checkpoint({"w": torch.ones(3)}, path)
+    write_checkpoint({"w": torch.ones(3)}, path)
 
     def crash(obj, f, *args, **kwargs):
         f.write(b"half a checkpoint")
@@ -155,9 +221,11 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint({"w": torch.zeros(3)}, path)
-    assert torch.equal(load_checkpoint(path)["w"], torch.ones(3))  # the last good checkpoint survives
-    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary file left
+        write_checkpoint({"w": torch.zeros(3)}, path)
+    # the last good checkpoint survives
+    assert torch.equal(load_checkpoint(path)["w"], torch.ones(3))
+    # no temporary file left
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
 
 
 def test_corrupt_and_mismatched_checkpoints(tokenizer, corpus, tmp_path):
@@ -167,38 +235,83 @@ def test_corrupt_and_mismatched_checkpoints(tokenizer, corpus, tmp_path):
         load_checkpoint(bad)
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
-    ds = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
-    small = Trainer(tiny_model(tokenizer), ds, TrainConfig(batch_size=4, max_steps=1), device="cpu")
-    other = TransformerLM(TransformerLMConfig(vocab_size=tokenizer.vocab_size, d_model=32, num_layers=1,
-                                              num_attn_heads=2, d_inner=32, max_sequence_length=16))
-    with pytest.raises(CheckpointError, match="does not fit this model"):
-        Trainer(other, ds, TrainConfig(batch_size=4, max_steps=1), device="cpu").restore(small.checkpoint())
+    ds = LanguageModelingDataset(
+        tokenizer, corpus / "train.txt", max_sequence_length=16
+    )
+    small = Trainer(
+        tiny_model(tokenizer), ds, TrainConfig(batch_size=4, max_steps=1), device="cpu"
+    )
+    other = TransformerLM(
+        TransformerLMConfig(
+            vocab_size=tokenizer.vocab_size,
+            d_model=32,
+            num_layers=1,
+            num_attn_heads=2,
+            d_inner=32,
+            max_sequence_length=16,
+        )
+    )
+    bigger = Trainer(other, ds, TrainConfig(batch_size=4, max_steps=1), device="cpu")
+    with pytest.raises(CheckpointError, match="small.pt does not fit this model"):
+        bigger.checkpointer.restore(small.checkpointer.snapshot(), "small.pt")
 
 
-# ----------------------------------------------------------------------------------------------- command lines
+# ------------------------------------------------------------------------ command lines
+
 
 def test_train_evaluate_generate_cli(corpus, tmp_path, capsys):
     work = tmp_path / "run"
-    args = TINY + ["--data_dir", str(corpus), "--work_dir", str(work), "--max_steps", "6"]
+    args = TINY + [
+        "--data_dir",
+        str(corpus),
+        "--work_dir",
+        str(work),
+        "--max_steps",
+        "6",
+    ]
     assert train_cli.main(args) == 0
     assert "valid perplexity" in capsys.readouterr().out
-    assert {p.name for p in work.iterdir()} == {"config.json", "metrics.jsonl", "tensorboard", "checkpoints",
-                                                 "results.json"}
+    assert {p.name for p in work.iterdir()} == {
+        "config.json",
+        "metrics.jsonl",
+        "tensorboard",
+        "checkpoints",
+        "results.json",
+    }
     results = json.loads((work / "results.json").read_text())
-    for key in ("valid_ppl", "test_ppl", "steps", "tokens", "tokens_per_s", "wall_time_s", "device", "torch"):
+    for key in (
+        "valid_ppl",
+        "test_ppl",
+        "steps",
+        "tokens",
+        "tokens_per_s",
+        "wall_time_s",
+        "device",
+        "torch",
+    ):
         assert key in results
-    assert results["steps"] == 6 and results["test_ppl"] < 30  # a 30-word corpus: far below the vocabulary size
-    records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    # a 30-word corpus: far below the vocabulary size
+    assert results["steps"] == 6 and results["test_ppl"] < 30
+    records = [
+        json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
     assert [r["step"] for r in records if "valid_ppl" in r] == [4, 6]
     assert list((work / "tensorboard").iterdir())  # event files
 
-    assert train_cli.main(args) == 1  # checkpoints there and no --resume: refuse rather than overwrite
+    # checkpoints there and no --resume: refuse rather than overwrite
+    assert train_cli.main(args) == 1
     assert "pass --resume" in capsys.readouterr().err
-    assert train_cli.main(["--work_dir", str(work), "--resume", "--max_steps", "8"]) == 0  # config.json fills in
+    # config.json fills in
+    assert (
+        train_cli.main(["--work_dir", str(work), "--resume", "--max_steps", "8"]) == 0
+    )
     assert json.loads((work / "results.json").read_text())["steps"] == 8
-    records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "loss" in r] == [2, 4, 6, 8]  # each step once across the resume
+    records = [
+        json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()
+    ]
+    # each step once across the resume
+    assert [r["step"] for r in records if "loss" in r] == [2, 4, 6, 8]
     assert json.loads((work / "config.json").read_text())["train"]["max_steps"] == 8
     capsys.readouterr()
 
@@ -206,7 +319,10 @@ def test_train_evaluate_generate_cli(corpus, tmp_path, capsys):
     assert evaluate_cli.main([ckpt, "--split", "valid", "--data_dir", str(corpus)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("valid perplexity") and math.isclose(
-        float(out.split()[2]), json.loads((work / "results.json").read_text())["valid_ppl"], rel_tol=1e-4)
+        float(out.split()[2]),
+        json.loads((work / "results.json").read_text())["valid_ppl"],
+        rel_tol=1e-4,
+    )
     assert generate_cli.main([ckpt, "--prompt", "the n1", "--max_tokens", "5"]) == 0
     assert capsys.readouterr().out.startswith("the n1 ")
     (tmp_path / "junk.pt").write_text("junk")
@@ -215,20 +331,45 @@ def test_train_evaluate_generate_cli(corpus, tmp_path, capsys):
 
 
 def test_adaptive_softmax_trains_and_evaluates(tokenizer, corpus):
-    ds = LanguageModelingDataset(tokenizer, corpus / "train.txt", max_sequence_length=16)
-    valid = LanguageModelingDataset(tokenizer, corpus / "valid.txt", max_sequence_length=16, batch_step=4)
+    ds = LanguageModelingDataset(
+        tokenizer, corpus / "train.txt", max_sequence_length=16
+    )
+    valid = LanguageModelingDataset(
+        tokenizer, corpus / "valid.txt", max_sequence_length=16, batch_step=4
+    )
     torch.manual_seed(0)
-    model = TransformerLM(TransformerLMConfig(vocab_size=tokenizer.vocab_size, d_model=16, num_layers=1,
-                                              num_attn_heads=2, d_inner=32, max_sequence_length=16, dropout=0.0,
-                                              softmax="adaptive", tie_weights=False, adaptive_cutoffs=(8, 16)))
+    model = TransformerLM(
+        TransformerLMConfig(
+            vocab_size=tokenizer.vocab_size,
+            d_model=16,
+            num_layers=1,
+            num_attn_heads=2,
+            d_inner=32,
+            max_sequence_length=16,
+            dropout=0.0,
+            softmax="adaptive",
+            tie_weights=False,
+            adaptive_cutoffs=(8, 16),
+        )
+    )
     before = evaluate_perplexity(model, valid)[1]
     rec = Recorder()
-    Trainer(model, ds, TrainConfig(batch_size=8, max_steps=40, lr=1e-2, precision="amp-bf16"), callbacks=[rec],
-            device="cpu").train()
+    Trainer(
+        model,
+        ds,
+        TrainConfig(batch_size=8, max_steps=40, lr=1e-2, precision="amp-bf16"),
+        callbacks=[rec],
+        device="cpu",
+    ).train()
     losses = list(rec.losses.values())
     after = evaluate_perplexity(model, valid)[1]
-    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5 and after < before / 2, (before, after)
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5 and after < before / 2, (
+        before,
+        after,
+    )
     model.eval()
     ids, _, labels = next(iter(LanguageModelingDataLayer(valid, 4)))
-    full = model(ids).gather(-1, labels[..., None]).squeeze(-1)  # the whole distribution agrees with the targets'
-    assert torch.allclose(full, model(ids, targets=labels), atol=1e-5)
+    # the whole distribution agrees
+    full = model(ids).log_probs.gather(-1, labels[..., None]).squeeze(-1)
+    # with the targets'
+    assert torch.allclose(full, model(ids, targets=labels).target_log_probs, atol=1e-5)

@@ -30,6 +30,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from lmtut.loss import perplexity
 from lmtut.scoring import ScoredStream, TokenScores
 
 #: The default grids of :func:`tune_neural_cache`: theta multiplies dot products of
@@ -172,7 +173,9 @@ def tune_neural_cache(
     ).cpu()
     grid = [
         [
-            math.exp(-interpolate(stream.log_probs, row, lam).mean().item())
+            perplexity(-interpolate(stream.log_probs, row, lam).sum().item(), len(row))[
+                1
+            ]
             for lam in lambdas
         ]
         for row in cached
