@@ -134,6 +134,11 @@ def quoted() -> list[tuple[str, str]]:
         ]
         / results("benchmarks/throughput-h200-bf16.json")["reference_tokens_per_s"]
     )
+    h200_compile_gain = (
+        results("benchmarks/throughput-h200-bf16-compile.json")["tokens_per_s"]
+        / results("benchmarks/throughput-h200-bf16.json")["tokens_per_s"]
+    )
+    adapted_all = results("runs/cpu-demo/adapted.json")
     slowest = max(
         n["seconds"] for n in results("notebooks/execution-times.json").values()
     )
@@ -165,6 +170,17 @@ def quoted() -> list[tuple[str, str]]:
             "README.md",
             f"and {adapted['dynamic evaluation']['perplexity']['test']:.1f} "
             "with dynamic evaluation",
+        ),
+        (
+            "README.md",
+            f"tunes on the first {adapted_all['tune_tokens']:,} validation tokens",
+        ),
+        ("README.md", f"in the other session, {h200_compile_gain:.2f}x)"),
+        (
+            "README.md",
+            f"dynamic evaluation alone took "
+            f"{adapted['dynamic evaluation']['seconds']:,.0f} s on one thread, where "
+            f"the training run took {cpu['wall_time_s']:.0f} s",
         ),
         ("book/intro.md", f"test perplexity of {cpu['test_ppl']:.1f}"),
         ("book/intro.md", f"in {cpu['wall_time_s'] / 60:.1f} minutes"),
