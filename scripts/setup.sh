@@ -26,3 +26,8 @@ if [ $install_only = 0 ]; then
   .venv/bin/jupyter-book build .
   echo "setup: the book is in _build/html/index.html"
 fi
+
+# What this machine can do for the book, and the one command that fixes each problem (WikiText-2 is downloaded by
+# the first chapter or `python -m lmtut.data download`; until then the doctor reports it missing).
+echo "setup: python -m lmtut.doctor"
+"$py" -m lmtut.doctor || echo "setup: the doctor found problems; each line above names the command that fixes it"

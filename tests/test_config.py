@@ -227,7 +227,13 @@ def test_the_package_has_no_import_cycles_and_no_hidden_imports():
 
     for module in deps:
         visit(module, ())
-    clis = {"lmtut.train", "lmtut.evaluate", "lmtut.generate", "lmtut.data"}
+    clis = {
+        "lmtut.train",
+        "lmtut.evaluate",
+        "lmtut.generate",
+        "lmtut.data",
+        "lmtut.doctor",
+    }
     # `python -m lmtut.X` runs a module the package has not imported
     assert not clis & graph["lmtut"][0]
     # nothing imports a command line
@@ -237,7 +243,7 @@ def test_the_package_has_no_import_cycles_and_no_hidden_imports():
 
 def test_entry_points_are_declared():
     text = (ROOT / "pyproject.toml").read_text()
-    for name in ("train", "evaluate", "generate", "data"):
+    for name in ("train", "evaluate", "generate", "data", "doctor"):
         assert f'lmtut-{name} = "lmtut.{name}:main"' in text
 
 

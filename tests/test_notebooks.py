@@ -12,12 +12,22 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import set_repository  # noqa: E402
+
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
 def first_code_cell(path: Path) -> str:
     cells = json.loads(path.read_text())["cells"]
     return "".join(next(c for c in cells if c["cell_type"] == "code")["source"])
+
+
+def first_code_tags(path: Path) -> list[str]:
+    cells = json.loads(path.read_text())["cells"]
+    return next(c for c in cells if c["cell_type"] == "code")["metadata"].get(
+        "tags", []
+    )
 
 
 def run_in_ipython(
@@ -44,11 +54,29 @@ def run_in_ipython(
 def test_every_notebook_opens_with_the_same_setup_cell():
     cells = {path.name: first_code_cell(path) for path in NOTEBOOKS}
     assert len(set(cells.values())) == 1, sorted(cells)
-    repository = re.search(
+    # and the rendered page folds it away in every chapter (a new one too)
+    tags = {path.name: first_code_tags(path) for path in NOTEBOOKS}
+    assert all("hide-input" in t for t in tags.values()), tags
+
+
+def test_the_repository_address_has_one_source():
+    # pyproject.toml's Repository; scripts/set_repository.py writes the others from it
+    address = set_repository.repository()
+    book = re.search(
         r"repository:\s*\n\s*url:\s*(\S+)", (ROOT / "_config.yml").read_text()
     ).group(1)
+    assert book == address
     # Colab installs from the book's repository
-    assert f'REPOSITORY = "{repository}"' in next(iter(cells.values()))
+    for path in NOTEBOOKS:
+        assert f'REPOSITORY = "{address}"' in first_code_cell(path), path.name
+
+
+def test_set_repository_rewrites_a_notebooks_setup_cell(tmp_path):
+    copy = tmp_path / NOTEBOOKS[0].name
+    copy.write_text(NOTEBOOKS[0].read_text())
+    assert set_repository.rewrite_notebook(copy, "https://example.org/fork/lmtut")
+    assert 'REPOSITORY = "https://example.org/fork/lmtut"' in first_code_cell(copy)
+    assert not set_repository.rewrite_notebook(copy, "https://example.org/fork/lmtut")
 
 
 @pytest.mark.parametrize("hide", [("lmtut",), ("torch", "lmtut")])
