@@ -178,7 +178,9 @@ def _native(mode: str, device: torch.device) -> bool:
     if mode == "fp32":
         return True
     if device.type == "cuda":
-        return mode == "amp-fp16" or torch.cuda.is_bf16_supported()
+        return mode == "amp-fp16" or torch.cuda.is_bf16_supported(
+            including_emulation=False
+        )
     if mode == "amp-bf16":
         return cpu_supports_bf16()
     return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_fp16_supported", lambda: False)())

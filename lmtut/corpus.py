@@ -44,7 +44,7 @@ from lmtut.runtime import atomic_open, atomic_write_text
 
 SPLITS = ("train", "valid", "test")
 
-#: sha256 of each split, as recorded in pytorch/examples and many other projects.
+#: sha256 of each split of pytorch/examples' copy (no checksums are published for it).
 SHA256 = {
     "train.txt": "9e9fa1ad55b1c2c95b08e37dd8e653f638fac2c6de904b79e813611eefbc985f",
     "valid.txt": "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",

@@ -26,8 +26,8 @@ from lmtut.tokenizer import WordTokenizer, build_vocab, count_words, write_vocab
 # ``[left + 1, left + L + 1)``; windows start every ``batch_step`` tokens. For training,
 # ``batch_step = L`` tiles the stream without overlap. For evaluation, ``batch_step =
 # k`` (``predict_last_k``) slides the window k tokens at a time and scores only its last
-# k positions, each of which then sees between ``L - k + 1`` and ``L`` tokens of context
-# (itself included), except in the first window, which scores all its positions. Every
+# k positions, each of whose targets is then predicted from between ``L - k + 1`` and
+# ``L`` input tokens, except in the first window, which scores all its positions. Every
 # token of the split is scored exactly once, the tail included (the last window is
 # padded).
 #

@@ -151,8 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         nargs="+",
         default=None,
-        help="decay towards the trained weights (grid; default 0 for "
-        "sgd, 0 and 0.001 for rms)",
+        help="decay towards the trained weights (grid; default: "
+        "lmtut.adapt.DYNAMIC_DEFAULTS, widened while the best lies on its edge)",
     )
     group.add_argument(
         "--dynamic_eps", type=float, default=1e-3, help="the rms rule's epsilon"

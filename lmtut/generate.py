@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="keep the keys and values of the text read so far "
         "(--no-kv_cache: re-read the window at "
-        "every word; the same words, slower)",
+        "every word; the same words, slower while the text fits the window)",
     )
     args = p.parse_args(argv)
     try:

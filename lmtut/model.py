@@ -59,7 +59,8 @@ class TransformerLMConfig:
     num_attn_heads: int = 6
     d_inner: int = 1536  # width of the feed-forward network's hidden layer
     max_sequence_length: int = 256  # tokens a window reads (NeMo's max_seq_length)
-    # on each sublayer's output (NeMo's attn_layer_dropout); default of the next two
+    # on each sublayer's output (NeMo's attn_layer_dropout); attn_dropout's and
+    # emb_dropout's default
     dropout: float = 0.2
     # on the attention weights (NeMo's attn_score_dropout)
     attn_dropout: float | None = None
@@ -298,7 +299,7 @@ def attention_mask(
     ``input_mask`` is (batch, T) and True at real tokens. A query may always attend to
     itself, so that no row is fully masked (that would give NaN); the outputs at padding
     positions are ignored anyway. Returns None when there is no padding mask: the
-    attention then uses ``is_causal=True``, the fastest path.
+    attention then uses ``is_causal=True``, with which PyTorch may pick a fused kernel.
     """
     if input_mask is None:
         return None
@@ -514,9 +515,10 @@ class LockedDropout(nn.Module):
     shape.
 
     The mask is ``(B, 1, d)``: position ``t`` of sequence ``b`` loses the same features
-    as every other position of ``b``. A fresh mask per position (``nn.Dropout``) lets
-    the next layers average the noise away over the window; a locked one removes a
-    feature for the whole sequence (Gal & Ghahramani, 2016).
+    as every other position of ``b``: a locked mask removes a feature for the whole
+    sequence (Gal & Ghahramani, 2016), where a fresh mask per position (``nn.Dropout``)
+    removes it at some positions only (one hypothesis: the next layers can then average
+    the noise away over the window).
     """
 
     def __init__(self, p: float = 0.0):
@@ -867,8 +869,8 @@ class TransformerLM(nn.Module):
 
     ``TransformerLM(TransformerLMConfig(vocab_size=..., d_model=..., ...))``: one
     config, handed down to the encoder, its blocks and their attention. The extra rows
-    of the padded vocabulary are ordinary outputs that are never a target; training
-    gives them negligible probability.
+    of the padded vocabulary are ordinary outputs that are never a target (the plain
+    loss pushes their probability down; sampling never picks them).
     """
 
     def __init__(self, config: TransformerLMConfig):
@@ -959,7 +961,8 @@ class TransformerLM(nn.Module):
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """The parameters by how an optimizer treats them, in the model's order
-        (nanoGPT's ``configure_optimizers``):
+        (the mechanism of nanoGPT's ``configure_optimizers``; unlike nanoGPT, learned
+        positions are not decayed):
 
         - ``"decayed"``: the matrices, embeddings and softmax layers, which weight decay
           pulls towards 0;

@@ -92,11 +92,11 @@ def newton_schulz(
     """Muon's orthogonalization (Jordan et al., 2024), the teaching version of
     ``torch.optim.Muon``'s (which runs in bfloat16; this one in float32): divide G by
     its Frobenius norm, so that every singular value is at most 1, then ``steps`` times
-    X <- aX + b(XX^T)X + c(XX^T)^2 X. Each step maps every singular value s of X to a s
-    + b s^3 + c s^5 and keeps the singular vectors, so G = U S V^T ends near U V^T: its
-    singular values are pushed towards 1, most of them into about 0.7 to 1.2 with these
-    coefficients, which trade exactness for speed (the very smallest rise less far in
-    five steps)."""
+    X <- aX + b(XX^T)X + c(XX^T)^2 X. Each step maps every singular value s of X to
+    a s + b s^3 + c s^5 and keeps the singular vectors, so G = U S V^T ends near U V^T:
+    its singular values are pushed towards 1 (not monotonically: the polynomial
+    overshoots and comes back), most of them into about 0.7 to 1.2 with these
+    coefficients, which trade exactness for speed."""
     a, b, c = coefficients
     x = matrix.float()
     wide = x.size(0) <= x.size(1)

@@ -267,17 +267,19 @@ def cleanup() -> None:
 #   scaling is needed.
 #
 # Apex O2 cast the model itself to fp16 and kept fp32 *master weights* for the
-# optimizer. Autocast keeps the weights in fp32 and casts per operation, so it has
-# master weights by construction: O2 maps onto ``amp-fp16`` (only O2's memory saving on
-# weights is not reproduced). O3 (pure fp16, no master weights) is refused.
+# optimizer, and ran the whole forward in fp16, softmax and reductions included.
+# Autocast keeps the weights in fp32 and casts per operation, so it has master weights
+# by construction and keeps its fp32 list of operations: O2 maps onto ``amp-fp16``,
+# without O2's all-fp16 forward. O3 (pure fp16, no master weights) is refused.
 
 PRECISIONS = ("fp32", "amp-fp16", "amp-bf16")
 DTYPES = {"fp32": None, "amp-fp16": torch.float16, "amp-bf16": torch.bfloat16}
 
 
 def cpu_supports_bf16() -> bool:
-    """True where oneDNN runs bf16 natively (AVX-512 BF16 or AMX): there bf16 autocast
-    is the fast CPU mode."""
+    """True where oneDNN reports bf16 support: CPUs with AVX-512 (BW, VL, DQ) and up,
+    natively where they also have AVX-512 BF16 or AMX, emulated on older AVX-512 CPUs.
+    ``--precision auto`` picks bf16 on the CPU where this is True."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -285,11 +287,11 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_precision(name: str, device: torch.device | str) -> str:
-    """``fp32`` / ``amp-fp16`` / ``amp-bf16`` for a mode name, an Apex O-level or
-    ``auto`` on ``device``.
+    """``fp32`` / ``amp-fp16`` / ``amp-bf16`` for a mode name (or ``fp16``, ``bf16``,
+    ``float32``) or ``auto`` on ``device`` (Apex's O-levels are the config's to map).
 
     ``auto``: bf16 on GPUs that support it, else fp16 with loss scaling; on CPU bf16
-    where the CPU has native bf16, else fp32.
+    where oneDNN reports bf16 support (:func:`cpu_supports_bf16`), else fp32.
     """
     device = torch.device(device)
     key = name.strip()

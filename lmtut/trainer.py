@@ -184,7 +184,8 @@ class Trainer:
         """Train until ``total_steps``: each step, its callbacks, and at their intervals
         an evaluation and a checkpoint; at the end a last evaluation and checkpoint. A
         Ctrl-C takes effect between steps, after the step's evaluation and checkpoint,
-        and saves a checkpoint then; ``resume()`` continues from it exactly."""
+        and saves a checkpoint then; ``resume()`` continues from it as if uninterrupted
+        (the tests compare the losses)."""
         self.model.train()
         self.notify("on_train_start", self.record())
         try:

@@ -7,7 +7,7 @@ Chapter 4 compares a tied with an untied output layer, chapter 5 label smoothing
 with eps = 0.1, each with one live run of one seed. A single seed cannot carry a claim
 that one variant beats the other: this script trains each variant with every seed (the
 seed sets the initialization and the order of the batches), on exactly the chapters'
-setup (the cpu-demo model at half width with a tied full softmax, 80 steps of 16 windows
+setup (the cpu-2017 model at half width with a tied full softmax, 80 steps of 16 windows
 of 64 tokens on the first 200,000 training tokens, validation perplexity on the first
 10,000 validation tokens every 20 steps), and writes
 ``results/comparisons/short-runs.json``; the chapters read it and show the spread.
