@@ -43,10 +43,8 @@ def test_throughput_quick(tmp_path):
     ):
         assert key in result
     assert result["tokens_per_s"] > 0 and result["reference_tokens_per_s"] > 0
-    assert (
-        abs(result["ratio"] - result["tokens_per_s"] / result["reference_tokens_per_s"])
-        < 1e-9
-    )
+    # exact: the same division of the same floats (JSON keeps them whole)
+    assert result["ratio"] == result["tokens_per_s"] / result["reference_tokens_per_s"]
     assert result["mfu"] is None or 0 < result["mfu"] < 1  # MFU only on CUDA
 
 
@@ -72,7 +70,9 @@ def test_loss_variants_quick(tmp_path):
         v["tokens_per_s"] > 0 and v["peak_memory_bytes"] > 0 for v in result["variants"]
     )
     losses = [v["first_loss"] for v in result["variants"]]
-    # three ways to compute one loss
+    # three ways to compute one loss: fp32 on the CPU or a GPU (no Trainer, so no TF32),
+    # the same hidden states, the head's matmul whole or in chunks and three reductions
+    # over the batch: ~1e-7 relative on the CPU, ~1e-6 expected on a GPU
     assert max(losses) - min(losses) < 1e-4 * losses[0], losses
 
 
@@ -82,10 +82,8 @@ def test_dynamic_eval_quick(tmp_path):
     assert set(result["median"]) == {"before", "after"} and all(
         s > 0 for s in result["median"].values()
     )
-    assert (
-        abs(result["speedup"] - result["median"]["before"] / result["median"]["after"])
-        < 1e-9
-    )
+    # exact, as above
+    assert result["speedup"] == result["median"]["before"] / result["median"]["after"]
     assert all(
         len(rounds) == 1 for rounds in result["seconds_per_1000_tokens"].values()
     )
@@ -99,11 +97,9 @@ def test_generation_quick(tmp_path):
         "kv_cache",
         "no_kv_cache",
     }
+    # exact, as above
     assert (
-        abs(
-            result["ratio"]
-            - result["median_words_per_s"]["kv_cache"]
-            / result["median_words_per_s"]["no_kv_cache"]
-        )
-        < 1e-9
+        result["ratio"]
+        == result["median_words_per_s"]["kv_cache"]
+        / result["median_words_per_s"]["no_kv_cache"]
     )

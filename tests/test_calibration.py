@@ -66,6 +66,8 @@ def test_temperature_divides_the_logits_of_every_softmax(softmax):
     )
     with torch.no_grad():
         plain = head.target_log_probs(hidden, targets).double()
+        # fp32: the log-softmax taken again, 37 rows at a time: a few 2^-24 of
+        # log-probabilities down to ~-30 (rtol's 1e-5 of them is the bound that counts)
         assert torch.allclose(
             temperature_log_probs(model, hidden, targets, 1.0, chunk_size=37),
             plain,
@@ -73,6 +75,7 @@ def test_temperature_divides_the_logits_of_every_softmax(softmax):
         )
         for T in (0.5, 1.7):
             direct = divided_by(head, T).target_log_probs(hidden, targets).double()
+            # fp32: (W / T) h against (W h) / T, a few 2^-24 of log-probabilities to -60
             assert torch.allclose(
                 temperature_log_probs(model, hidden, targets, T, chunk_size=37),
                 direct,
@@ -85,6 +88,7 @@ def test_temperature_divides_the_logits_of_every_softmax(softmax):
                     .gather(-1, targets[:, None])[:, 0]
                     .double()
                 )
+                # as above: the same division, the log-softmax in another order
                 assert torch.allclose(
                     temperature_log_probs(model, hidden, targets, T),
                     textbook,
@@ -100,6 +104,8 @@ def test_temperature_divides_the_logits_of_every_softmax(softmax):
     # Dividing the hidden state by T instead is the same only for bias-free linear
     # projections (the adaptive softmax's); the full softmax's last layer has a bias.
     hidden_divided = head.target_log_probs(hidden / 1.7, targets).double()
+    # as above: fp32 rounding for the adaptive softmax; the full one's bias / T moves
+    # the log-probabilities by O(1)
     same = torch.allclose(
         hidden_divided, temperature_log_probs(model, hidden, targets, 1.7), atol=1e-5
     )
@@ -120,6 +126,8 @@ def test_the_fit_recovers_the_temperature_the_targets_were_drawn_at(softmax):
         probs = divided_by(head, true_T)(hidden).exp()
     targets = torch.multinomial(probs, 1, generator=g)[:, 0]
     T = fit_temperature(model, hidden, targets, show_bar=False)
+    # statistics, not rounding: from 6,000 draws T has a standard error of ~0.02 (the
+    # NLL's curvature), so 0.1 is five of them
     assert abs(T - true_T) < 0.1, T
 
     def nll(t):
@@ -157,6 +165,8 @@ def test_the_logit_groups_add_up_to_the_targets_log_probabilities(softmax):
             )
     with torch.no_grad():
         expected = model.classifier.target_log_probs(hidden, targets).double()
+    # fp32 (logit_groups turns autocast off): the log-softmax taken again per group, a
+    # few 2^-24 of log-probabilities down to ~-20
     assert torch.allclose(total, expected, atol=1e-5)
     if softmax == "full":  # one softmax over the padded vocabulary, for every target
         ((rows, logits, column),) = groups

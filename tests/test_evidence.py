@@ -10,6 +10,7 @@ def test_an_ordering_in_every_seed_beyond_the_spread_holds():
     # chapter 4's short runs
     c = compare([896, 908, 877], [975, 1131, 1071], "tied", "untied")
     assert c.holds and c.lower == "tied" and c.verdict == "tied lower than untied"
+    # float64 means of integers: a rounding or two, under approx's 1e-6
     assert c.mean_difference == pytest.approx((896 + 908 + 877 - 975 - 1131 - 1071) / 3)
     assert c.spread == 1131 - 975 and c.range_difference == (908 - 1131, 896 - 975)
     assert c.sd_difference > 0 and c.relative == pytest.approx(

@@ -64,10 +64,13 @@ def test_the_ranks_share_each_step_and_their_weights_sum_to_the_world(train_wind
         # rank 0's share, then rank 1's
         joined = [torch.cat([rank[0][m][0] for rank in per_rank]) for m in range(2)]
         assert all(torch.equal(a, b[0]) for a, b in zip(joined, batches))
-        # one rank: the micro-batches' shares of the step's labels
-        assert sum(weights) == pytest.approx(1.0)
+        # one rank: the micro-batches' shares of the step's labels (float64 quotients
+        # of label counts: a rounding each)
+        assert sum(weights) == pytest.approx(1.0, rel=1e-12)
         # times the world size
-        assert sum(w for rank in per_rank for w in rank[1]) == pytest.approx(2.0)
+        assert sum(w for rank in per_rank for w in rank[1]) == pytest.approx(
+            2.0, rel=1e-12
+        )
         if step == 2:
             break
 
@@ -116,8 +119,8 @@ def test_optimization_clips_schedules_and_resumes_exactly(tokenizer):
         lrs.append(optimization.lr)
         # cleared for the next step
         assert all(p.grad is None for p in model.parameters())
-    # warmup (s + 1) / (w + 1), then linear decay
-    assert lrs == pytest.approx([0.1 * 2 / 3, 0.1, 0.1 * 3 / 4])
+    # warmup (s + 1) / (w + 1), then linear decay (float64: a rounding or two)
+    assert lrs == pytest.approx([0.1 * 2 / 3, 0.1, 0.1 * 3 / 4], rel=1e-12)
     # as a checkpoint holds it: not the live tensors
     saved = copy.deepcopy(optimization.state_dict())
     weights = {k: v.clone() for k, v in model.state_dict().items()}
@@ -151,7 +154,9 @@ def test_optimization_clips_the_gradient_norm(tokenizer):
     moved = math.sqrt(
         sum(((p - b) ** 2).sum().item() for p, b in zip(model.parameters(), before))
     )
-    # SGD at lr 1: the step is the clipped gradient
+    # SGD at lr 1: the step is the clipped gradient. fp32: each of the 2,800 weights
+    # (|p| <= 1) moves by 0.25 / sqrt(2800) = 4.7e-3, and p - b is off by up to
+    # 2^-24 = 6e-8 of it: 1.3e-5 relative if every error had the same sign
     assert moved == pytest.approx(0.25, rel=1e-4)
 
 
@@ -227,10 +232,13 @@ def test_the_scoring_core_scores_what_the_model_scores(tokenizer, corpus):
     assert model.training  # the flag comes back
     scored = labels != valid.pad_id
     assert torch.equal(scores.targets, labels[scored])
+    # fp32: the softmax at the scored rows only (another matmul blocking): a few 2^-24
+    # roundings of log-probabilities below ~7
     assert torch.allclose(
         scores.log_probs, whole.gather(-1, labels[..., None])[..., 0][scored], atol=1e-5
     )
-    assert scores.mean_loss().item() == pytest.approx(-scores.log_probs.mean().item())
+    # exact: mean_loss is this mean, negated
+    assert scores.mean_loss().item() == -scores.log_probs.mean().item()
     nll, _ = evaluate_perplexity(model, valid)
     by_hand = torch.cat(
         [
@@ -240,6 +248,8 @@ def test_the_scoring_core_scores_what_the_model_scores(tokenizer, corpus):
             for i in range(len(valid))
         ]
     )
+    # fp32 windows 32 at a time against one at a time (another blocking, as on AVX2):
+    # each log-probability a few 2^-24 of ~4 apart, ~1e-7 in the mean
     assert nll == pytest.approx(-by_hand.double().mean().item(), rel=1e-6)
 
 

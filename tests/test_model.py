@@ -46,14 +46,27 @@ def test_reference_attention_matches_sdpa():
     torch.manual_seed(0)
     q, k, v = torch.randn(3, 2, HEADS, T, 8, dtype=torch.float64)
     ref, weights = attention_reference(q, k, v)
+    # float64, outputs below ~4: ~1e-15 apart (rtol=0: the default 1e-5 is fp32's)
     assert torch.allclose(
-        ref, F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=1e-12
+        ref,
+        F.scaled_dot_product_attention(q, k, v, is_causal=True),
+        rtol=0,
+        atol=1e-12,
     )
-    assert torch.allclose(weights.sum(-1), torch.ones(2, HEADS, T, dtype=torch.float64))
+    # float64: 12 weights summing to 1
+    assert torch.allclose(
+        weights.sum(-1),
+        torch.ones(2, HEADS, T, dtype=torch.float64),
+        rtol=0,
+        atol=1e-12,
+    )
     assert torch.all(weights.triu(1) == 0)  # nothing from the future
     mask = attention_mask(torch.rand(2, T) > 0.3, T, q.device)
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    assert torch.allclose(attention_reference(q, k, v, mask)[0], expected)
+    # float64, as above
+    assert torch.allclose(
+        attention_reference(q, k, v, mask)[0], expected, rtol=0, atol=1e-12
+    )
 
 
 def test_attention_module_matches_nn_multihead_attention():
@@ -70,15 +83,19 @@ def test_attention_module_matches_nn_multihead_attention():
     future = torch.ones(T, T, dtype=torch.bool).triu(1)
     expected, expected_weights = theirs(x, x, x, attn_mask=future)
     out = ours(x)
-    assert isinstance(out, torch.Tensor) and torch.allclose(out, expected, atol=1e-12)
+    # float64: ~1e-16 apart (rtol=0: the default 1e-5 is fp32's)
+    assert isinstance(out, torch.Tensor) and torch.allclose(
+        out, expected, rtol=0, atol=1e-12
+    )
     # its weights, by the reference math, are nn.MultiheadAttention's (which averages
     # them over heads)
     weights = ours.weights(x)
     assert weights.shape == (2, HEADS, T, T)
     _, _, v = ours.split_heads(x)
-    # and they give the same output
-    assert torch.allclose(ours.merge_heads(weights @ v), expected, atol=1e-12)
-    assert torch.allclose(weights.mean(1), expected_weights, atol=1e-12)
+    # and they give the same output (float64, as above)
+    out = ours.merge_heads(weights @ v)
+    assert torch.allclose(out, expected, rtol=0, atol=1e-12)
+    assert torch.allclose(weights.mean(1), expected_weights, rtol=0, atol=1e-12)
 
 
 def test_the_model_returns_its_attention_maps():
@@ -86,7 +103,8 @@ def test_the_model_returns_its_attention_maps():
     x = torch.randint(0, V, (2, T))
     with attention_maps(model) as maps:
         states = model.encoder(x)
-    assert torch.allclose(states, model.encoder(x), atol=1e-6) and len(maps) == LAYERS
+    # exact: the same forward again (the hooks only read)
+    assert torch.equal(states, model.encoder(x)) and len(maps) == LAYERS
     assert maps[0].shape == (2, HEADS, T, T) and torch.all(maps[-1].triu(1) == 0)
     model.encoder(x)
     assert len(maps) == LAYERS  # outside the block, the hooks are gone
@@ -96,6 +114,7 @@ def test_output_is_log_probabilities_over_the_padded_vocabulary():
     model = tiny()
     out = model(torch.randint(0, V, (2, T))).log_probs
     assert out.shape == (2, T, 56)  # 50 rounded up to a multiple of 8
+    # fp32: 56 exps of log-probabilities, each a few 2^-24 off, summed: ~1e-6
     assert torch.allclose(out.exp().sum(-1), torch.ones(2, T), atol=1e-5)
 
 
@@ -108,8 +127,10 @@ def test_causality(pre_norm, positions):
     y = x.clone()
     y[:, t + 1 :] = torch.randint(0, V, (3, T - t - 1))
     out_x, out_y = model(x).log_probs, model(y).log_probs
-    assert torch.allclose(out_x[:, : t + 1], out_y[:, : t + 1], atol=1e-6)
-    assert not torch.allclose(out_x[:, t + 1 :], out_y[:, t + 1 :])
+    # exact: the masked scores are -inf, their weights exactly 0, and every other
+    # operation works position by position
+    assert torch.equal(out_x[:, : t + 1], out_y[:, : t + 1])
+    assert not torch.allclose(out_x[:, t + 1 :], out_y[:, t + 1 :])  # O(1) apart
 
 
 @pytest.mark.parametrize("where", ["left", "middle", "right"])
@@ -125,7 +146,8 @@ def test_padding_positions_do_not_affect_the_others(where):
         model(x, input_mask=mask).log_probs,
         model(y, input_mask=mask).log_probs,
     )
-    assert torch.allclose(out_x[mask], out_y[mask], atol=1e-6)
+    # exact: masked keys get weight exactly 0 (as in test_causality)
+    assert torch.equal(out_x[mask], out_y[mask])
     all_padding = torch.zeros(2, T, dtype=torch.bool)
     assert torch.isfinite(model(x, input_mask=all_padding).log_probs).all()  # no NaN
 
@@ -174,9 +196,11 @@ def test_gradients_reach_every_parameter():
 
 def test_sinusoidal_positions():
     table = sinusoidal_positions(100, 16)
-    assert torch.allclose(table[0, 0::2], torch.zeros(8)) and torch.allclose(
+    # exact: sin 0 and cos 0
+    assert torch.equal(table[0, 0::2], torch.zeros(8)) and torch.equal(
         table[0, 1::2], torch.ones(8)
     )
+    # fp32 exp, product and sin against a float64 angle: a few roundings
     assert torch.allclose(table[7, 2], torch.sin(torch.tensor(7 / 10000 ** (2 / 16))))
     assert sinusoidal_positions(10, 7).shape == (10, 7)
 
@@ -229,7 +253,8 @@ def test_config_defaults_and_classifier_logits():
     h = torch.randn(2, 3, D)
     logits = head(h)
     head.log_softmax = True
-    assert torch.allclose(head(h), F.log_softmax(logits, -1)) and not torch.allclose(
+    # exact: the same logits through the same log_softmax; logits are not log-probs
+    assert torch.equal(head(h), F.log_softmax(logits, -1)) and not torch.allclose(
         logits, head(h)
     )
     assert len(head.mlp) == 3  # one hidden layer: Linear, activation, LayerNorm
@@ -253,8 +278,11 @@ def test_adaptive_softmax_gives_a_distribution_and_its_targets():
     x, y = torch.randint(0, 200, (3, T)), torch.randint(0, 200, (3, T))
     log_probs = model(x).log_probs
     assert log_probs.shape == (3, T, 200) and log_probs.dtype == torch.float32
+    # fp32: 200 probabilities from two softmaxes multiplied, summed: ~1e-6
     assert torch.allclose(log_probs.exp().sum(-1), torch.ones(3, T), atol=1e-5)
     picked = model(x, targets=y).target_log_probs
+    # fp32: the same softmaxes, a tail's projection on fewer rows (another blocking):
+    # a few 2^-24 roundings of log-probabilities below ~12 (rtol's 1e-5 covers them)
     assert torch.allclose(
         picked, log_probs.gather(-1, y[..., None]).squeeze(-1), atol=1e-6
     )

@@ -62,6 +62,8 @@ def test_rotary_positions_are_a_complex_multiplication():
     expected = torch.view_as_real(
         torch.view_as_complex(x.reshape(2, 3, 7, 4, 2)) * turn
     ).flatten(-2)
+    # fp32: the complex product rounds a cos - b sin in its own order: an ulp or two of
+    # values below ~4 (rtol's 1e-5 covers them)
     assert torch.allclose(apply_rotary(x, cos, sin), expected, atol=1e-6)
 
 
@@ -74,6 +76,9 @@ def test_rotary_dot_products_depend_on_the_offset_only():
         kn = apply_rotary(k, *rotary_angles(torch.tensor([n]), 16))
         return (qm * kn).sum().item()
 
+    # fp32: an angle p theta is off by about p 2^-23 radians (theta's rounding and the
+    # product's), so these 16-term scores (|q_i k_i| summing to ~10) by ~1e-6 at
+    # p = 10 and ~1e-5 at p = 100; one position more moves a score by O(1)
     assert (
         score(3, 1)
         == pytest.approx(score(10, 8), abs=1e-5)
@@ -94,6 +99,7 @@ def test_rotary_attention_matches_the_reference_on_turned_queries_and_keys():
     expected, _ = attention_reference(
         apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
     )
+    # fp32: SDPA's kernel against the reference math, a few 2^-24 of outputs below 1
     assert torch.allclose(y, attention.merge_heads(expected), atol=1e-5)
 
 
@@ -131,10 +137,12 @@ def test_swiglu_keeps_the_parameter_count_by_its_stated_rule():
         for name, c in (("relu", relu), ("swiglu", swiglu))
     }
     n = {name: sum(p.numel() for p in ffn.parameters()) for name, ffn in count.items()}
+    # integer counts: 0.02 is the rule's slack (a width rounded up to a multiple of 8)
     assert abs(n["swiglu"] / n["relu"] - 1) < 0.02, n
     ffn = count["swiglu"]
     x = torch.randn(3, 32)
-    assert torch.allclose(ffn(x), ffn.down(F.silu(ffn.gate(x)) * ffn.up(x)))
+    # exact: forward is this expression (dropout 0 returns its input)
+    assert torch.equal(ffn(x), ffn.down(F.silu(ffn.gate(x)) * ffn.up(x)))
 
 
 def test_qk_norm_normalizes_each_heads_queries_and_keys():
@@ -142,8 +150,11 @@ def test_qk_norm_normalizes_each_heads_queries_and_keys():
     q, k = attention.normalize_and_rotate(
         torch.randn(2, 4, 5, 8) * 30, torch.randn(2, 4, 5, 8) * 30
     )
-    assert torch.allclose(q.pow(2).mean(-1), torch.ones(2, 4, 5), atol=1e-3)
-    assert torch.allclose(k.pow(2).mean(-1), torch.ones(2, 4, 5), atol=1e-3)
+    # fp32: 8 squares averaged, a rsqrt and a product, squared and averaged again: ~10
+    # roundings of 2^-24 (6e-7); RMSNorm's eps (fp32's, 1.2e-7) is ~1e-9 of mean
+    # squares of 100 or more. (1e-3 would pass an eps a million times too large.)
+    assert torch.allclose(q.pow(2).mean(-1), torch.ones(2, 4, 5), atol=1e-5)
+    assert torch.allclose(k.pow(2).mean(-1), torch.ones(2, 4, 5), atol=1e-5)
 
 
 def test_the_modern_model_is_causal_and_trains_with_the_adaptive_softmax(
@@ -162,9 +173,9 @@ def test_the_modern_model_is_causal_and_trains_with_the_adaptive_softmax(
     changed = ids.clone()
     changed[:, 7] = (changed[:, 7] + 1) % tokenizer.vocab_size
     a, b = model(ids).log_probs, model(changed).log_probs
-    assert torch.allclose(a[:, :7], b[:, :7], atol=1e-6) and not torch.allclose(
-        a[:, 7:], b[:, 7:]
-    )
+    # exact before position 7 (masked scores are -inf, their weights exactly 0); O(1)
+    # apart from it on
+    assert torch.equal(a[:, :7], b[:, :7]) and not torch.allclose(a[:, 7:], b[:, 7:])
     train = LanguageModelingDataset(
         tokenizer, corpus / "train.txt", max_sequence_length=16
     )
@@ -233,7 +244,8 @@ def test_muon_orthogonalizes_its_update():
     (w * gradient).sum().backward()
     optimizer.step()
     singular = torch.linalg.svdvals(before - w.detach())
-    # near-orthogonal: Newton-Schulz flattens the spectrum (was 1000)
+    # near-orthogonal: Newton-Schulz flattens the spectrum (was 1000; ~3 after, a
+    # property of its five steps, not of rounding)
     assert singular.max() / singular.min() < 10
 
 
@@ -256,7 +268,13 @@ def test_the_teaching_newton_schulz_is_torchs_muon_update(shape):
     # Nesterov's first step: (1 - m^2) g
     expected = weight - adjusted_lr * newton_schulz((1 - 0.95**2) * gradient)
     error = (param.detach() - expected).norm() / (weight - expected).norm()
-    assert error < 0.02  # torch's iteration runs in bfloat16, this one in float32
+    # torch's iteration runs in bfloat16, this one in float32. bf16 keeps 8 significant
+    # bits: a product rounds by up to 2^-8 relative, ~2^-8 / sqrt(3) in the norm. The
+    # last step alone adds a X (a = 3.4) to a product near -2.5 X, whose roundings
+    # count at that size: sqrt(3.4^2 + 2.5^2 + 1) / sqrt(3) = 2.5 times 2^-8; the steps
+    # before add theirs through the polynomial. 3.3 and 4.0 times 2^-8 here, the same
+    # on AMX, AVX-512 and AVX2 (the same fp32 inputs round to the same bf16 numbers).
+    assert error < 5 * 2**-8
 
 
 def test_newton_schulz_flattens_the_spectrum_and_keeps_the_singular_vectors():
@@ -266,9 +284,13 @@ def test_newton_schulz_flattens_the_spectrum_and_keeps_the_singular_vectors():
     g = u @ torch.diag(torch.logspace(0, -2, 32)) @ vt
     x = newton_schulz(g)
     inside = u.T @ x @ vt.T  # diagonal when the singular vectors are kept
+    # fp32: the products' 2^-24 roundings, grown by at most a = 3.4 a step along the
+    # small singular values: 3.4^5 2^-24 = 3e-5 (1e-6 here)
     assert (inside - torch.diag(inside.diagonal())).abs().max() < 1e-4
+    # the five steps' polynomial, not rounding: 0.68 to 1.15 here
     assert 0.6 < inside.diagonal().min() and inside.diagonal().max() < 1.25
-    # only the scaling by the Frobenius norm
+    # only the scaling by the Frobenius norm (fp32: two norms of 1,024 squares, ~1e-7
+    # each)
     assert newton_schulz(g, steps=0).norm().item() == pytest.approx(1.0)
 
 
@@ -294,7 +316,8 @@ def test_muon_resumes_exactly(tokenizer, corpus, tmp_path):
     assert isinstance(trainer.optimization.optimizer, MuonAdamW)
     first, _ = run(tmp_path / "b", stop_at=5)
     second, _ = run(tmp_path / "b", resume=True)
-    assert {**first, **second} == pytest.approx(whole, rel=1e-6)
+    # exact: the resumed steps are the same arithmetic on the same state
+    assert {**first, **second} == whole
 
 
 # ------------------------------------------------------------------------- the KV cache
@@ -326,6 +349,8 @@ def test_the_cached_states_are_the_full_forward_ones(tokenizer):
     parts = [model.encoder(ids[:, :6], kv_cache=cache)] + [
         model.encoder(ids[:, t : t + 1], kv_cache=cache) for t in range(6, 10)
     ]
+    # fp32: one-token queries against cached keys vs the full causal kernel (other
+    # kernels and shapes): a few 2^-24 of states below ~3
     assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
     assert [layer.length for layer in cache] == [10, 10]
     # the model reads through the same cache: its log-probabilities are the full
@@ -335,6 +360,7 @@ def test_the_cached_states_are_the_full_forward_ones(tokenizer):
         model(ids[:, :6], kv_cache=cache).log_probs,
         model(ids[:, 6:], kv_cache=cache).log_probs,
     ]
+    # as above, log-probabilities below ~8 (rtol adds 1e-5 of them)
     assert torch.allclose(torch.cat(parts, dim=1), model(ids).log_probs, atol=1e-5)
     with pytest.raises(
         ValueError, match="17 tokens are more than max_sequence_length=16"
@@ -398,8 +424,10 @@ def test_the_modern_model_adapts_at_test_time(tokenizer, corpus):
         tokenizer, corpus / "valid.txt", max_sequence_length=16, batch_step=4
     )
     stream = score_stream(model, valid, show_bar=False)
+    # the same fp32 scores (the same batches of 32), summed in float64 in another
+    # grouping: ~1e-16 relative
     assert stream.perplexity == pytest.approx(
-        evaluate_perplexity(model, valid)[1], rel=1e-6
+        evaluate_perplexity(model, valid)[1], rel=1e-12
     )
     assert neural_cache_scores(stream, 50, 0.1, 0.1).num_tokens == valid.num_targets
     rms = gradient_rms(model, train, batch_size=4, max_batches=3, show_bar=False)
@@ -419,7 +447,8 @@ def test_a_longer_window_keeps_the_weights_and_the_first_positions(positions):
     longer = model.with_window(48)
     ids = torch.randint(0, 50, (2, 48))
     first = longer(ids[:, :16]).log_probs
-    # positions 0-15: the same model
+    # positions 0-15: the same model (fp32: the longer sinusoidal table's sin and cos
+    # may round an element differently, an ulp, no more)
     assert torch.allclose(first, model(ids[:, :16]).log_probs, atol=1e-6)
     assert longer(ids).log_probs.shape == (2, 48, model.config.padded_vocab_size)
     with pytest.raises(
@@ -446,6 +475,8 @@ def test_loss_by_position_is_the_cross_entropy_of_each_position():
     expected = F.nll_loss(
         log_probs.transpose(1, 2), ids[1:81].view(5, 16), reduction="none"
     ).mean(0)
+    # fp32: two windows at a time against five, the mean over 5 in another order: a few
+    # 2^-24 of losses below ~6
     assert torch.allclose(losses, expected, atol=1e-5)
     with pytest.raises(ValueError, match="hold no window of 16"):
         loss_by_position(model, ids[:16], window=16)

@@ -41,6 +41,7 @@ from lmtut.checkpoint import (
 
 
 def test_lr_policy_shapes():
+    # float64 schedules: a rounding or two, far under isclose's 1e-9
     T, W = 100, 10
     for name in ("constant", "cosine", "linear", "inverse_sqrt"):
         f = get_lr_policy(name, T, warmup_steps=W)
@@ -94,6 +95,7 @@ def test_novograd_by_hand():
         v = g.pow(2).sum() if v is None else 0.5 * v + 0.5 * g.pow(2).sum()
         m = 0.5 * m + (g / v.sqrt() + 0.1 * ref)
         ref = ref - 0.1 * m
+    # fp32, two steps on values up to 2 in another order: a few 2^-24 roundings
     assert torch.allclose(w.detach(), ref)
 
 
@@ -125,6 +127,8 @@ def test_accumulation_equals_one_large_batch(tokenizer, corpus):
                 [p.detach().clone() for p in model.parameters()],
             )
         )
+    # fp32: the micro-batches' gradients summed in another order (~1e-7 relative),
+    # carried through 5 SGD steps (1e-7 of losses ~4.5, 6e-8 of weights, measured)
     for losses, params in runs[1:]:
         assert losses == pytest.approx(runs[0][0], rel=1e-5)
         assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(params, runs[0][1]))
@@ -149,7 +153,8 @@ def test_resume_gives_the_same_losses(tokenizer, corpus, tmp_path):
     assert [int(p.stem[-7:]) for p in list_checkpoints(tmp_path / "b")] == [4, 6]
     second, trainer = run(tmp_path / "b", resume=True)
     assert min(second) == 7 and trainer.progress.step == 10
-    assert {**first, **second} == pytest.approx(whole, rel=1e-6)
+    # exact: the resumed steps are the same arithmetic on the same state
+    assert {**first, **second} == whole
     # the newest 2 kept
     assert [int(p.stem[-7:]) for p in list_checkpoints(tmp_path / "b")] == [8, 10]
 
@@ -186,8 +191,8 @@ def test_ctrl_c_inside_a_step_waits_for_its_end(tokenizer, corpus, tmp_path):
     assert trainer.progress.step == 3 and sorted(first) == [1, 2, 3]
     assert [int(p.stem[-7:]) for p in list_checkpoints(tmp_path / "b")] == [3]
     second, _ = run(tmp_path / "b", resume=True)
-    # the resumed run is the uninterrupted one
-    assert {**first, **second} == pytest.approx(whole, rel=1e-6)
+    # the resumed run is the uninterrupted one, exactly (as above)
+    assert {**first, **second} == whole
 
 
 def test_nan_loss_stops_the_run(tokenizer, corpus):
@@ -318,11 +323,12 @@ def test_train_evaluate_generate_cli(corpus, tmp_path, capsys):
     ckpt = str(list_checkpoints(work)[-1])
     assert evaluate_cli.main([ckpt, "--split", "valid", "--data_dir", str(corpus)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("valid perplexity") and math.isclose(
-        float(out.split()[2]),
-        json.loads((work / "results.json").read_text())["valid_ppl"],
-        rel_tol=1e-4,
-    )
+    valid_ppl = json.loads((work / "results.json").read_text())["valid_ppl"]
+    # Printed with 2 decimals: up to 0.005 off (more than rel 1e-4 of a perplexity below
+    # 50). The number itself is the run's own score (same weights, windows, batches
+    # and device), summed in another grouping: 1e-6 for a GPU that reorders a sum.
+    assert out.startswith("valid perplexity")
+    assert abs(float(out.split()[2]) - valid_ppl) <= 0.005 + 1e-6 * valid_ppl
     assert generate_cli.main([ckpt, "--prompt", "the n1", "--max_tokens", "5"]) == 0
     assert capsys.readouterr().out.startswith("the n1 ")
     (tmp_path / "junk.pt").write_text("junk")
@@ -371,5 +377,6 @@ def test_adaptive_softmax_trains_and_evaluates(tokenizer, corpus):
     ids, _, labels = next(iter(LanguageModelingDataLayer(valid, 4)))
     # the whole distribution agrees
     full = model(ids).log_probs.gather(-1, labels[..., None]).squeeze(-1)
-    # with the targets'
+    # with the targets' (fp32: the same softmaxes, a tail's projection on fewer rows,
+    # another blocking, as on AVX-512: a few 2^-24 of log-probabilities below ~8)
     assert torch.allclose(full, model(ids, targets=labels).target_log_probs, atol=1e-5)
