@@ -108,7 +108,7 @@ def windows_and_statistics(args):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", nargs="?")
     parser.add_argument(
         "--before",

@@ -51,7 +51,7 @@ def model_and_tokenizer(args):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", nargs="?")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(

@@ -99,7 +99,7 @@ def measure(variant: str, shape: str, steps: int, rounds: int, chunk: int) -> di
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", choices=SHAPES)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--rounds", type=int, default=5)

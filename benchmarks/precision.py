@@ -83,7 +83,7 @@ def measure(mode: str, shape: str, steps: int, warmup: int) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--shape", choices=SHAPES, help="model and batch shapes (default: by device)"
     )

@@ -112,7 +112,7 @@ def peak_flops(name: str) -> tuple[float | None, str | None]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--shape", choices=SHAPES, help="model and batch shapes (default: by device)"
     )

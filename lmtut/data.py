@@ -15,7 +15,7 @@ from lmtut.corpus import ENV_ROOT, ENV_URL, DataError, download_wikitext2
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m lmtut.data", description=__doc__.split("\n")[0]
+        prog="python -m lmtut.data", description=__doc__.split("\n\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
     dl = sub.add_parser(

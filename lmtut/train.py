@@ -78,7 +78,7 @@ def converter(annotation: Any) -> tuple[Callable[[str], Any], str]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m lmtut.train",
-        description=__doc__.split("\n")[0],
+        description=__doc__.split("\n\n")[0],
         epilog="NeMo's flags "
         + ", ".join(f"--{a}" for a in NEMO_ALIASES)
         + " are accepted as aliases.",

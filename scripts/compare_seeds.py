@@ -60,7 +60,7 @@ VARIANTS = {  # name: (tie_weights, label_smoothing)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
         "--out", default=str(ROOT / "results" / "comparisons" / "short-runs.json")

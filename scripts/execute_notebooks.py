@@ -61,7 +61,7 @@ def execute(path: Path, timeout: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "notebooks", nargs="*", type=Path, help="default: every notebooks/*.ipynb"
     )

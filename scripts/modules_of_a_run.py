@@ -24,7 +24,7 @@ import lmtut.train  # noqa: E402
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "train_args", nargs=argparse.REMAINDER, help="-- then lmtut.train's arguments"
     )

@@ -28,7 +28,7 @@ PROMPTS = ("The game", "In 1998 , the", "The river", "He was born in")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("name", help="the run's name: runs/NAME and results/runs/NAME")
     parser.add_argument(
         "train_args", nargs=argparse.REMAINDER, help="-- then lmtut.train's arguments"

@@ -55,7 +55,7 @@ def rewrite_notebook(path: Path, url: str) -> bool:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("url", nargs="?", help="a new address (default: keep it)")
     args = parser.parse_args()
     if args.url:
