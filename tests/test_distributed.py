@@ -13,6 +13,7 @@ import pytest
 import torch
 from helpers import TINY
 
+from lmtut import StepBatches, WordTokenizer, prepare_corpus, split_dataset
 from lmtut.checkpoint import list_checkpoints
 from lmtut.runtime import DistInfo, init_distributed, world
 
@@ -168,3 +169,19 @@ def test_the_modern_block_with_muon_under_torchrun(corpus, tmp_path):
     for step, loss in one.items():
         bound = 2**-8 * abs(loss - first) + 1e-5 * abs(loss)
         assert abs(two[step] - loss) <= bound, (step, loss, two[step], bound)
+
+
+def test_accumulation_and_a_padded_window_under_torchrun(corpus, tmp_path):
+    # Two micro-batches a step (no_sync on the first), and seed 1's first step holds the
+    # split's padded last window (4 labels of 16), so the loss weights are unequal.
+    # fp32, the same ops in another order: rounding only (the AdamW test's 1e-5).
+    extra = ["--seed", "1", "--batches_per_step", "2", "--max_steps", "4"]
+    desc = prepare_corpus(corpus)
+    train = split_dataset(desc, WordTokenizer(desc.vocab_file), "train", 16)
+    first_step = next(StepBatches(train, 4, 2, 1, DistInfo(0, 2)).epoch(0))
+    assert first_step[1] != [0.5, 0.5]  # the weights that a full window would give
+    launch(corpus, tmp_path / "one", 1, *extra)
+    launch(corpus, tmp_path / "two", 2, *extra)
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(two) == sorted(one) == [1, 2, 3, 4]
+    assert two == pytest.approx(one, rel=1e-5)
