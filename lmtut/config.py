@@ -12,6 +12,7 @@ from typing import Any
 
 from lmtut.datasets import DataConfig
 from lmtut.model import TransformerLMConfig
+from lmtut.runtime import PRECISION_ALIASES, PRECISIONS
 
 # --------------------------------------------------------------------------------------
 # Chapter 6: the settings of optimization and of the training loop's schedule (a part of
@@ -32,17 +33,9 @@ LR_POLICIES = {
     "inverse_sqrt": "inverse_sqrt",
     "inversesquarerootannealing": "inverse_sqrt",
 }
-#: The precision modes of ``lmtut.runtime``, with their short names.
 LR_POLICY_NAMES = ("constant", "cosine", "linear", "inverse_sqrt")
-PRECISION_NAMES = {
-    "fp32": "fp32",
-    "float32": "fp32",
-    "amp-fp16": "amp-fp16",
-    "fp16": "amp-fp16",
-    "amp-bf16": "amp-bf16",
-    "bf16": "amp-bf16",
-    "auto": "auto",
-}
+#: The names ``precision`` takes: ``lmtut.runtime``'s modes, their short names and auto.
+PRECISION_NAMES = (*PRECISIONS, *PRECISION_ALIASES, "auto")
 
 
 @dataclass

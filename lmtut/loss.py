@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-from lmtut.model import LMOutput
+from lmtut.model import LMOutput, gather_targets
 
 
 def perplexity(total_nll: float, count: int) -> tuple[float, float]:
@@ -47,9 +47,7 @@ def nll_and_perplexity(
     likelihood of the data.
     """
     mask = target_ids != pad_id
-    picked = (
-        log_probs.detach().gather(-1, target_ids.unsqueeze(-1)).squeeze(-1).double()
-    )
+    picked = gather_targets(log_probs.detach(), target_ids).double()
     return perplexity(-torch.where(mask, picked, 0.0).sum().item(), int(mask.sum()))
 
 
@@ -89,7 +87,7 @@ class PaddedSmoothedCrossEntropyLoss(nn.Module):
         if self.exclude_target:  # NeMo's variant: eps over the V - 1 other classes
             V = log_probs.size(-1)
             eps = eps * V / (V - 1)
-        nll = -log_probs.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)
+        nll = -gather_targets(log_probs, target_ids)
         per_token = (1.0 - eps) * nll + eps * -log_probs.mean(dim=-1) if eps else nll
         return self.mean_over_targets(per_token, target_ids)
 

@@ -724,6 +724,13 @@ class TransformerEncoder(nn.Module):
 # never reach them: ``TransformerLM.forward`` returns an :class:`LMOutput` with what was
 # asked for, at the positions asked for.
 
+
+def gather_targets(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each target's log-probability, shaped like ``targets``, from the whole
+    distribution ``log_probs`` (targets' shape, V)."""
+    return log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
 #: One softmax behind the targets of some positions: (their rows, (n, C) logits, the
 #: target's column (n,)).
 LogitGroup = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -773,7 +780,7 @@ class TokenClassifier(nn.Module):
     ) -> torch.Tensor:
         """(B, T) log-probability of each target: the full log-softmax, then one value
         per position."""
-        return self(hidden_states).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return gather_targets(self(hidden_states), targets)
 
     def logit_groups(
         self, hidden: torch.Tensor, targets: torch.Tensor
@@ -938,9 +945,7 @@ class TransformerLM(nn.Module):
         if targets is None or distribution:
             out.log_probs = self.classifier(hidden)
             if targets is not None:
-                out.target_log_probs = out.log_probs.gather(
-                    -1, targets.unsqueeze(-1)
-                ).squeeze(-1)
+                out.target_log_probs = gather_targets(out.log_probs, targets)
         else:
             out.target_log_probs = self.classifier.target_log_probs(hidden, targets)
         return out

@@ -273,6 +273,8 @@ def cleanup() -> None:
 # without O2's all-fp16 forward. O3 (pure fp16, no master weights) is refused.
 
 PRECISIONS = ("fp32", "amp-fp16", "amp-bf16")
+#: Short names of the modes, accepted wherever a mode is.
+PRECISION_ALIASES = {"fp16": "amp-fp16", "bf16": "amp-bf16", "float32": "fp32"}
 DTYPES = {"fp32": None, "amp-fp16": torch.float16, "amp-bf16": torch.bfloat16}
 
 
@@ -294,10 +296,8 @@ def resolve_precision(name: str, device: torch.device | str) -> str:
     where oneDNN reports bf16 support (:func:`cpu_supports_bf16`), else fp32.
     """
     device = torch.device(device)
-    key = name.strip()
-    key = key.lower()
-    aliases = {"fp16": "amp-fp16", "bf16": "amp-bf16", "float32": "fp32"}
-    key = aliases.get(key, key)
+    key = name.strip().lower()
+    key = PRECISION_ALIASES.get(key, key)
     if key == "auto":
         if device.type == "cuda":
             return (

@@ -200,11 +200,15 @@ class TokenScores:
     @property
     def nll(self) -> float:
         """Mean negative log-likelihood in nats per token."""
-        return perplexity(-self.log_probs.double().sum().item(), self.num_tokens)[0]
+        return self.nll_and_perplexity()[0]
 
     @property
     def perplexity(self) -> float:
-        return perplexity(-self.log_probs.double().sum().item(), self.num_tokens)[1]
+        return self.nll_and_perplexity()[1]
+
+    def nll_and_perplexity(self) -> tuple[float, float]:
+        """Both, through the package's one reduction (``lmtut.loss.perplexity``)."""
+        return perplexity(-self.log_probs.double().sum().item(), self.num_tokens)
 
 
 @dataclass
